@@ -1,0 +1,29 @@
+"""A distributed leadership flag on PostgreSQL (or SQLite) with a cheap, safe ``raised()``.
+
+>>> flag = leadership.new_flag().handle("sqlite:///flags.db").name("jobs").build()
+>>> if flag.raised(): ...
+
+``IMPLEMENTATION`` says which lease clock is active: "compiled" or "python".
+"""
+
+from __future__ import annotations
+
+from .builder import FlagBuilder, new_flag
+from .clock import IMPLEMENTATION
+from .errors import ConfigurationError, LeadershipError, SchemaError, StoreUnavailable
+from .flag import Flag
+from .timing import SAFETY_MARGIN
+
+__all__ = [
+    "IMPLEMENTATION",
+    "SAFETY_MARGIN",
+    "ConfigurationError",
+    "Flag",
+    "FlagBuilder",
+    "LeadershipError",
+    "SchemaError",
+    "StoreUnavailable",
+    "new_flag",
+]
+
+__version__ = "0.1.0"
