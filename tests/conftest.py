@@ -1,0 +1,124 @@
+"""Shared fixtures: a real PostgreSQL (throwaway database), SQLite files, registries.
+
+PostgreSQL comes from ``LEADERSHIP_TEST_DSN`` (default: the server on this machine).
+When it cannot be reached, PostgreSQL tests skip with the reason, unless
+``LEADERSHIP_REQUIRE_POSTGRES`` is set (as in CI): then they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pg8000.dbapi
+import pytest
+from prometheus_client import CollectorRegistry
+
+import leadership
+from leadership.handles import pg8000_options
+
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+BASE_DSN = os.environ.get("LEADERSHIP_TEST_DSN", DEFAULT_DSN)
+
+
+def pytest_report_header() -> list[str]:
+    return [
+        f"leadership implementation: {leadership.IMPLEMENTATION}",
+        f"PostgreSQL for tests: {leadership.handles.redact(BASE_DSN)}",
+    ]
+
+
+def admin_connect(dsn: str) -> Any:
+    """A pg8000 DB-API connection in autocommit mode (for test set-up only)."""
+    conn = pg8000.dbapi.connect(**pg8000_options(dsn, timeout=10))
+    conn.autocommit = True
+    return conn
+
+
+def execute(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """Run one statement on a fresh connection; return its rows."""
+    conn = admin_connect(dsn)
+    try:
+        cursor = conn.cursor()
+        cursor.execute(sql, params)
+        return list(cursor.fetchall()) if cursor.description else []
+    finally:
+        conn.close()
+
+
+def _with_database(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    """DSN of a throwaway database on the test server, dropped after the session."""
+    try:
+        execute(BASE_DSN, "SELECT 1")
+    except Exception as error:
+        reason = f"PostgreSQL at {leadership.handles.redact(BASE_DSN)} unreachable: {error}"
+        if os.environ.get("LEADERSHIP_REQUIRE_POSTGRES"):
+            pytest.fail(reason + " (LEADERSHIP_REQUIRE_POSTGRES is set)")
+        pytest.skip(reason)
+    database = f"leadership_test_{uuid.uuid4().hex[:12]}"
+    try:
+        execute(BASE_DSN, f'CREATE DATABASE "{database}"')
+    except Exception:  # no CREATEDB privilege: use the given database as it is
+        yield BASE_DSN
+        return
+    try:
+        yield _with_database(BASE_DSN, database)
+    finally:
+        execute(BASE_DSN, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@pytest.fixture
+def flag_name() -> str:
+    """A flag name no other test uses."""
+    return f"flag-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def sqlite_dsn(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'flags.db'}"
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def any_dsn(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each store in turn: the PostgreSQL test database, then an SQLite file."""
+    if request.param == "postgres":
+        dsn: str = request.getfixturevalue("pg_dsn")
+        return dsn
+    return f"sqlite:///{tmp_path / 'flags.db'}"
+
+
+@pytest.fixture
+def make_flag(flag_name: str) -> Iterator[Callable[..., leadership.Flag]]:
+    """Build flags with fast test timing (interval 0.6 s, jitter 0, timeout 0.15 s);
+    every flag built is closed after the test."""
+    built: list[leadership.Flag] = []
+
+    def make(dsn: str, process: str, **options: Any) -> leadership.Flag:
+        builder = leadership.new_flag().handle(options.pop("handle", dsn)).process(process)
+        builder.name(options.pop("name", flag_name))
+        builder.interval(options.pop("interval", 0.6)).jitter(options.pop("jitter", 0.0))
+        builder.timeout(options.pop("timeout", 0.15))
+        for key, value in options.items():
+            getattr(builder, key)(value)
+        flag = builder.build()
+        built.append(flag)
+        return flag
+
+    yield make
+    for flag in built:
+        flag.close()
