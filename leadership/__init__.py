@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from .builder import FlagBuilder, new_flag
 from .clock import IMPLEMENTATION
-from .errors import ConfigurationError, LeadershipError, SchemaError, StoreUnavailable
+from .errors import (
+    ConfigurationError,
+    LeadershipError,
+    LeadershipLost,
+    SchemaError,
+    StoreUnavailable,
+)
 from .flag import Flag
 from .timing import SAFETY_MARGIN
 
@@ -21,6 +27,7 @@ __all__ = [
     "Flag",
     "FlagBuilder",
     "LeadershipError",
+    "LeadershipLost",
     "SchemaError",
     "StoreUnavailable",
     "new_flag",

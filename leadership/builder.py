@@ -49,6 +49,9 @@ class FlagBuilder:
         self._logger: Any = None
         self._subsystem: Any = None
         self._registry: Any = None
+        self._precheck: Any = None
+        self._on_raised: Any = None
+        self._on_lowered: Any = None
 
     def handle(self, handle: str | Callable[[], Any]) -> FlagBuilder:
         """Where the flag lives: a DSN or a connection factory (mandatory)."""
@@ -95,6 +98,25 @@ class FlagBuilder:
         self._registry = registry
         return self
 
+    def precheck(self, precheck: Callable[[], bool]) -> FlagBuilder:
+        """Asked before every check: when it returns False or raises, the flag is lowered
+        and released and this process does not contend until it says yes again."""
+        self._precheck = precheck
+        return self
+
+    def on_raised(self, callback: Callable[[], object]) -> FlagBuilder:
+        """Called (on a callback thread) when the flag is raised for a new term.
+
+        If it raises, the error is logged and the flag is lowered, released and not
+        contended for one interval."""
+        self._on_raised = callback
+        return self
+
+    def on_lowered(self, callback: Callable[[], object]) -> FlagBuilder:
+        """Called (on a callback thread) when a term ends, also when the lease runs out."""
+        self._on_lowered = callback
+        return self
+
     def build(self) -> Flag:
         """Validate the parameters, connect, prepare the table and start contending.
 
@@ -127,6 +149,13 @@ class FlagBuilder:
                 "metrics_subsystem",
                 f"must be a Prometheus name like background_tasks, got {subsystem!r}",
             )
+        for parameter, value in (
+            ("precheck", self._precheck),
+            ("on_raised", self._on_raised),
+            ("on_lowered", self._on_lowered),
+        ):
+            if value is not None and not callable(value):
+                raise ConfigurationError(parameter, f"expected a callable, got {value!r}")
         if self._handle is None:
             raise ConfigurationError("handle", "missing: give a DSN or a connection factory")
         store = open_store(self._handle, name, timing.interval, timing.timeout)
@@ -134,7 +163,15 @@ class FlagBuilder:
         if subsystem is not None:
             metrics = FlagMetrics(registry, subsystem, name, process)
         flag = Flag(
-            name=name, process=process, timing=timing, store=store, logger=logger, metrics=metrics
+            name=name,
+            process=process,
+            timing=timing,
+            store=store,
+            logger=logger,
+            metrics=metrics,
+            precheck=self._precheck,
+            on_raised=self._on_raised,
+            on_lowered=self._on_lowered,
         )
         if metrics is not None:
             metrics.bind(flag)

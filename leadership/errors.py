@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigurationError", "LeadershipError", "SchemaError", "StoreUnavailable"]
+__all__ = [
+    "ConfigurationError",
+    "LeadershipError",
+    "LeadershipLost",
+    "SchemaError",
+    "StoreUnavailable",
+]
 
 
 class LeadershipError(Exception):
@@ -23,3 +29,7 @@ class SchemaError(LeadershipError, ValueError):
 
 class StoreUnavailable(LeadershipError, ConnectionError):
     """The database could not be reached or refused the connection at build time."""
+
+
+class LeadershipLost(LeadershipError):
+    """``Flag.guard`` found that this instance no longer holds the flag in its term."""

@@ -7,14 +7,20 @@ allocation, no lock.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
 import weakref
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 from .campaign import Campaign
 from .clock import Lease
+from .errors import LeadershipLost
+from .events import Events
+from .fencing import check_row
 from .metrics import FlagMetrics
 from .store import Store
 from .timing import Timing
@@ -41,6 +47,9 @@ class Flag(Lease):
         store: Store,
         logger: logging.Logger,
         metrics: FlagMetrics | None = None,
+        precheck: Callable[[], bool] | None = None,
+        on_raised: Callable[[], object] | None = None,
+        on_lowered: Callable[[], object] | None = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -50,8 +59,28 @@ class Flag(Lease):
         self._metrics = metrics
         self._owner_pid = os.getpid()
         self._closed = False
-        self._campaign = Campaign(self, store, timing, name, process, logger, metrics)
+        self._events = Events(
+            self,
+            lambda: self._campaign.term,
+            logger,
+            name,
+            on_raised=on_raised,
+            on_lowered=on_lowered,
+            on_failure=lambda: self._campaign.resign(timing.interval),
+        )
+        self._campaign = Campaign(
+            self,
+            store,
+            timing,
+            name,
+            process,
+            logger,
+            metrics,
+            precheck=precheck,
+            changed=self._events.changed,
+        )
         _live.add(self)
+        self._events.start()
         self._campaign.start()
 
     @property
@@ -63,6 +92,35 @@ class Flag(Lease):
         """
         term = self._campaign.term
         return term if term is not None and self.raised() else None
+
+    def wait_raised(self, timeout: float | None = None) -> bool:
+        """Block until the flag is raised (True) or ``timeout`` seconds pass (False).
+
+        Adds no database traffic: it waits for the renewal thread's normal checks.
+        Returns False at once once the flag is closed.
+        """
+        return self._events.wait_raised(timeout)
+
+    async def wait_raised_async(self, timeout: float | None = None) -> bool:
+        """``wait_raised`` for asyncio; never blocks the event loop."""
+        return await self._events.wait_raised_async(timeout)
+
+    def guard(self, conn: Any) -> int:
+        """Fence the caller's transaction on ``conn``; return the fencing token.
+
+        Call it inside the application's own transaction on the flag's database: it
+        locks the flag's row until that transaction ends (no takeover can commit
+        before) and raises LeadershipLost unless this instance still holds the flag
+        in its current term.
+        """
+        token = self.token
+        versions = self._campaign.versions()
+        if token is None or versions is None:
+            raise LeadershipLost(f"flag {self.name!r} is not raised in process {self.process!r}")
+        check_row(conn, self.name, self.process, versions)
+        if not self.raised() or self._campaign.term != token:
+            raise LeadershipLost(f"flag {self.name!r}: the lease ran out while guarding")
+        return token
 
     @property
     def closed(self) -> bool:
@@ -82,6 +140,7 @@ class Flag(Lease):
         if os.getpid() != self._owner_pid:
             return  # a forked child: the row and the connection belong to the parent
         self._campaign.stop(wait=2 * self.timing.timeout + 1.0)
+        self._events.stop(wait=self.timing.timeout + 1.0)
         if self._metrics is not None:
             self._metrics.close()
         _live.discard(self)
@@ -101,6 +160,21 @@ class Flag(Lease):
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+    async def __aenter__(self) -> Flag:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """``close()`` without blocking the event loop (runs in a worker thread)."""
+        await asyncio.to_thread(self.close)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "raised" if self.raised() else "lowered"
