@@ -1,0 +1,426 @@
+"""Run a chaos experiment: a throwaway cluster, N contenders behind proxies, faults.
+
+:func:`run` starts everything, injects the seeded schedule for ``seconds``, stops every
+contender gracefully, and always tears down the contenders, proxies and cluster, on error
+too. It returns the witness histories and the injected faults for :mod:`.report`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..testing import RECORD, History, Kind, read_history
+from ..timing import SAFETY_MARGIN, Timing
+from .cluster import Cluster
+from .faults import KINDS, Fault, FaultSpec, schedule
+from .proxy import Proxy, ProxyHub
+
+__all__ = ["Experiment", "Settings", "run"]
+
+log = logging.getLogger("leadership.chaos")
+
+RAISED_FRESHNESS_NS = 100_000_000
+"""A witness log whose last run record is a START or TICK younger than this is raised."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What to run. Durations in seconds; ``timeout`` None means the largest the timing
+    rule allows for ``interval`` and ``jitter``."""
+
+    seconds: float = 60.0
+    seed: int = 1
+    contenders: int = 4
+    interval: float = 1.0
+    jitter: float = 0.2
+    timeout: float | None = None
+    kinds: tuple[str, ...] = KINDS
+    holder_bias: float = 0.8
+    unsafe: bool = False
+    max_gap: float | None = None
+    name: str = "chaos"
+    workdir: Path | None = None
+
+    @property
+    def witness_gap(self) -> float:
+        """The witness's ``max_gap``: half the flag's safety margin unless given."""
+        return self.max_gap if self.max_gap is not None else SAFETY_MARGIN / 2 * self.interval
+
+    @property
+    def flag_timeout(self) -> float:
+        if self.timeout is not None:
+            return self.timeout
+        allowed = Timing(self.interval, self.jitter, 1e-9).max_timeout
+        return int(allowed * 1000) / 1000
+
+
+@dataclass
+class Contender:
+    """One contender process (``slot`` is its lane; each replacement is a new generation)."""
+
+    slot: int
+    generation: int
+    process: str
+    log: Path
+    popen: subprocess.Popen[bytes]
+
+
+@dataclass
+class Experiment:
+    """Everything a run produced: histories by process, the faults, the window (ns)."""
+
+    settings: Settings
+    histories: dict[str, History]
+    slots: dict[str, int]
+    faults: list[Fault]
+    start: int
+    end: int
+    workdir: Path
+    notes: list[str] = field(default_factory=list)
+
+
+class Fleet:
+    """The contender processes, one per slot, each behind its own proxy."""
+
+    def __init__(
+        self, settings: Settings, cluster: Cluster, proxies: list[Proxy], logdir: Path
+    ) -> None:
+        self.settings = settings
+        self.cluster = cluster
+        self.proxies = proxies
+        self.logdir = logdir
+        self.live: dict[int, Contender] = {}
+        self.all: list[Contender] = []
+        self._generations: dict[int, int] = {}
+
+    def spawn(self, slot: int) -> Contender:
+        generation = self._generations.get(slot, 0)
+        self._generations[slot] = generation + 1
+        process = f"c{slot}.{generation}"
+        path = self.logdir / f"{process}.log"
+        s = self.settings
+        command = [
+            sys.executable,
+            "-m",
+            "leadership.chaos.contender",
+            "--dsn",
+            self.cluster.dsn(self.proxies[slot].port, application_name=process),
+            "--name",
+            s.name,
+            "--process",
+            process,
+            "--log",
+            str(path),
+            "--interval",
+            str(s.interval),
+            "--jitter",
+            str(s.jitter),
+            "--timeout",
+            str(s.flag_timeout),
+            "--max-gap",
+            str(s.witness_gap),
+        ]
+        if s.unsafe:
+            command.append("--unsafe")
+        with open(self.logdir / f"{process}.err", "wb") as errors:
+            popen = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=errors, stderr=errors
+            )
+        contender = Contender(slot, generation, process, path, popen)
+        self.live[slot] = contender
+        self.all.append(contender)
+        return contender
+
+    def raised_now(self) -> list[Contender]:
+        """Contenders whose witness shows them raised right now."""
+        now = time.monotonic_ns()
+        return [c for c in self.live.values() if _raised_in_log(c.log, now)]
+
+    def stop(self, contender: Contender, grace: float = 5.0) -> None:
+        """SIGTERM (graceful close), then SIGKILL after ``grace`` seconds."""
+        with contextlib.suppress(ProcessLookupError):
+            contender.popen.send_signal(signal.SIGCONT)
+            contender.popen.terminate()
+        try:
+            contender.popen.wait(grace)
+        except subprocess.TimeoutExpired:
+            contender.popen.kill()
+            contender.popen.wait()
+
+    def stop_all(self, grace: float = 5.0) -> None:
+        for contender in self.live.values():
+            with contextlib.suppress(ProcessLookupError):
+                contender.popen.send_signal(signal.SIGCONT)
+                contender.popen.terminate()
+        deadline = time.monotonic() + grace
+        for contender in self.live.values():
+            try:
+                contender.popen.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                contender.popen.kill()
+                contender.popen.wait()
+
+    def kill_all(self) -> None:
+        for contender in self.all:
+            if contender.popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    contender.popen.kill()
+                contender.popen.wait()
+
+
+def _raised_in_log(path: Path, now: int) -> bool:
+    try:
+        with open(path, "rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            size -= size % RECORD.size
+            start = max(0, size - 16 * RECORD.size)
+            file.seek(start)
+            data = file.read(size - start)
+    except OSError:
+        return False
+    for code, _before, after in reversed(list(RECORD.iter_unpack(data))):
+        if code in (Kind.START, Kind.TICK):
+            return bool(now - after < RAISED_FRESHNESS_NS)
+        if code == Kind.END:
+            return False
+    return False
+
+
+class Admin:
+    """The runner's own connection, straight to the server (never read-only)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self._conn: Any = None
+
+    def execute(self, sql: str, params: tuple[Any, ...] = (), attempts: int = 50) -> list[Any]:
+        for attempt in range(attempts):
+            try:
+                if self._conn is None:
+                    self._conn = self.cluster.connect(timeout=2.0)
+                    cursor = self._conn.cursor()
+                    cursor.execute("SET default_transaction_read_only = off")
+                    cursor.execute("SET statement_timeout = 5000")
+                cursor = self._conn.cursor()
+                cursor.execute(sql, params)
+                return list(cursor.fetchall()) if cursor.description else []
+            except Exception:
+                self.close()
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.1)
+        return []
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+class Injector:
+    """Carries out fault specs against the fleet and the cluster."""
+
+    def __init__(self, settings: Settings, fleet: Fleet, cluster: Cluster, admin: Admin) -> None:
+        self.settings = settings
+        self.fleet = fleet
+        self.cluster = cluster
+        self.admin = admin
+
+    def inject(self, spec: FaultSpec) -> Fault:
+        raised = self.fleet.raised_now()
+        holder = raised[0] if raised else None
+        fault = Fault(spec.kind, 0, 0, holder=holder.process if holder else None)
+        victim = self._victim(spec, holder)
+        if spec.kind in ("kill", "close", "stop", "partition", "latency", "terminate"):
+            fault.victim = victim.process
+        getattr(self, "_" + spec.kind)(spec, victim, fault)
+        if not fault.end:
+            fault.end = time.monotonic_ns()
+        return fault
+
+    def _victim(self, spec: FaultSpec, holder: Contender | None) -> Contender:
+        live = sorted(self.fleet.live.values(), key=lambda c: c.slot)
+        if spec.holder and holder is not None:
+            return holder
+        others = [c for c in live if c is not holder] or live
+        return others[int(spec.pick * len(others))]
+
+    def _kill(self, spec: FaultSpec, victim: Contender, fault: Fault) -> None:
+        fault.start = time.monotonic_ns()
+        victim.popen.kill()
+        victim.popen.wait()
+        fault.end = time.monotonic_ns()
+        self.fleet.spawn(victim.slot)
+
+    def _close(self, spec: FaultSpec, victim: Contender, fault: Fault) -> None:
+        fault.start = time.monotonic_ns()
+        self.fleet.stop(victim)
+        fault.end = time.monotonic_ns()
+        fault.detail = f"exit {victim.popen.returncode}"
+        self.fleet.spawn(victim.slot)
+
+    def _stop(self, spec: FaultSpec, victim: Contender, fault: Fault) -> None:
+        fault.start = time.monotonic_ns()
+        victim.popen.send_signal(signal.SIGSTOP)
+        time.sleep(spec.duration)
+        fault.end = time.monotonic_ns()
+        victim.popen.send_signal(signal.SIGCONT)
+        fault.detail = f"{spec.duration:.2f} s"
+
+    def _partition(self, spec: FaultSpec, victim: Contender, fault: Fault) -> None:
+        proxy = self.fleet.proxies[victim.slot]
+        fault.start = time.monotonic_ns()
+        proxy.partition()
+        time.sleep(spec.duration)
+        fault.end = time.monotonic_ns()
+        proxy.heal()
+        fault.detail = f"{spec.duration:.2f} s"
+
+    def _latency(self, spec: FaultSpec, victim: Contender, fault: Fault) -> None:
+        proxy = self.fleet.proxies[victim.slot]
+        assert isinstance(spec.amount, float)
+        fault.start = time.monotonic_ns()
+        proxy.delay(spec.amount)
+        time.sleep(spec.duration)
+        fault.end = time.monotonic_ns()
+        proxy.delay(0.0)
+        fault.detail = f"+{spec.amount * 1000:.0f} ms each way for {spec.duration:.2f} s"
+
+    def _terminate(self, spec: FaultSpec, victim: Contender, fault: Fault) -> None:
+        fault.start = time.monotonic_ns()
+        rows = self.admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = %s",
+            (victim.process,),
+        )
+        fault.detail = f"{rows[0][0]} backend(s)"
+
+    def _restart(self, spec: FaultSpec, victim: Contender, fault: Fault) -> None:
+        self.admin.close()
+        fault.start = time.monotonic_ns()
+        self.cluster.restart(str(spec.amount))
+        fault.detail = f"{spec.amount}, {(time.monotonic_ns() - fault.start) / 1e6:.0f} ms"
+
+    def _steal(self, spec: FaultSpec, victim: Contender, fault: Fault) -> None:
+        fault.start = time.monotonic_ns()
+        rows = self.admin.execute(
+            "UPDATE leadership_flags SET holder = 'thief', version = version + 1, "
+            "timestamp = now() WHERE name = %s RETURNING version",
+            (self.settings.name,),
+        )
+        fault.detail = f"version {rows[0][0]}" if rows else "no row"
+
+    def _readonly(self, spec: FaultSpec, victim: Contender, fault: Fault) -> None:
+        fault.start = time.monotonic_ns()
+        self.admin.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+        self.admin.execute("SELECT pg_reload_conf()")
+        time.sleep(spec.duration)
+        fault.end = time.monotonic_ns()
+        self.admin.execute("ALTER SYSTEM RESET default_transaction_read_only")
+        self.admin.execute("SELECT pg_reload_conf()")
+        fault.detail = f"{spec.duration:.2f} s"
+
+
+def _wait_for_holder(fleet: Fleet, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if fleet.raised_now():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@contextlib.contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit so that clean-up runs."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(settings: Settings, progress: Any = None) -> Experiment:
+    """Run one experiment; see the module docstring. ``progress(text)`` gets news."""
+    say = progress or (lambda text: None)
+    workdir = settings.workdir or Path(tempfile.mkdtemp(prefix="leadership-chaos-"))
+    try:
+        return _run(settings, workdir, say)
+    except BaseException:
+        if settings.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def _run(settings: Settings, workdir: Path, say: Any) -> Experiment:
+    logdir = workdir / "logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    faults: list[Fault] = []
+    notes: list[str] = []
+    specs = schedule(
+        settings.seed,
+        100_000,
+        settings.interval,
+        settings.flag_timeout,
+        settings.kinds,
+        settings.holder_bias,
+    )
+    with _terminate_as_exit(), Cluster() as cluster, ProxyHub() as hub:
+        admin = Admin(cluster)
+        proxies = [hub.proxy(cluster.port) for _ in range(settings.contenders)]
+        fleet = Fleet(settings, cluster, proxies, logdir)
+        injector = Injector(settings, fleet, cluster, admin)
+        try:
+            for slot in range(settings.contenders):
+                fleet.spawn(slot)
+            if not _wait_for_holder(fleet, 30.0):
+                raise RuntimeError("no contender raised the flag within 30 s of start")
+            start = time.monotonic_ns()
+            deadline = time.monotonic() + settings.seconds
+            say(f"cluster on port {cluster.port}, {settings.contenders} contenders, started")
+            for spec in specs:
+                if time.monotonic() + spec.duration + settings.interval > deadline:
+                    break
+                fault = injector.inject(spec)
+                faults.append(fault)
+                time.sleep(0.6 * settings.interval)  # the longest a holder may take to notice
+                say(
+                    f"{(fault.start - start) / 1e9:7.2f} s {fault.kind:9} "
+                    f"victim={fault.victim} holder={fault.holder} {fault.detail}"
+                )
+                if not _wait_for_holder(fleet, 4 * settings.interval + 2.0):
+                    notes.append(
+                        f"no holder within {4 * settings.interval + 2:.0f} s after "
+                        f"{fault.kind} at {(fault.start - start) / 1e9:.2f} s"
+                    )
+                time.sleep(spec.pause)
+            _wait_for_holder(fleet, 2 * settings.interval)
+            end = time.monotonic_ns()
+            fleet.stop_all()
+        finally:
+            fleet.kill_all()
+            admin.close()
+    histories = {c.process: read_history(c.log, c.process) for c in fleet.all}
+    slots = {c.process: c.slot for c in fleet.all}
+    return Experiment(settings, histories, slots, faults, start, end, workdir, notes)
