@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 from .errors import ConfigurationError, LeadershipError, StoreUnavailable
 from .postgres_store import PostgresStore
 from .sqlite_store import SqliteStore
-from .store import Store, describe_error
+from .store import describe_error
 
 __all__ = ["open_store", "pg8000_options", "redact"]
 
@@ -133,7 +133,7 @@ def _sqlite_path(handle: str) -> str:
 
 def open_store(
     handle: str | Callable[[], Any], name: str, interval: float, timeout: float
-) -> Store:
+) -> PostgresStore | SqliteStore:
     """Connect to the handle's database and return a prepared store, or raise.
 
     Raises ConfigurationError for a bad handle, StoreUnavailable when the database
@@ -151,7 +151,9 @@ def open_store(
     return store
 
 
-def _store(handle: str | Callable[[], Any], name: str, interval: float, timeout: float) -> Store:
+def _store(
+    handle: str | Callable[[], Any], name: str, interval: float, timeout: float
+) -> PostgresStore | SqliteStore:
     if isinstance(handle, str):
         scheme = handle.partition("://")[0].lower() if "://" in handle else ""
         if scheme in POSTGRES_SCHEMES:

@@ -109,7 +109,8 @@ class PostgresStore(ConnectedStore):
         finally:
             cursor.close()
 
-    def _run(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Run one statement (autocommit); return its rows; reconnect next time after a failure."""
         try:
             cursor = self._connection().cursor()
             try:
@@ -126,16 +127,16 @@ class PostgresStore(ConnectedStore):
         return rows
 
     def prepare(self) -> None:
-        columns = dict(self._run(COLUMNS, ()))
+        columns = dict(self.query(COLUMNS, ()))
         if not columns:
             try:
-                self._run(CREATE, ())
+                self.query(CREATE, ())
             except Exception as error:
                 raise SchemaError(
                     f"table {TABLE} does not exist and could not be created: "
                     f"{describe_error(error)}"
                 ) from error
-            columns = dict(self._run(COLUMNS, ()))
+            columns = dict(self.query(COLUMNS, ()))
         for column, types in EXPECTED.items():
             found = columns.get(column)
             if found is None:
@@ -144,11 +145,11 @@ class PostgresStore(ConnectedStore):
                 raise SchemaError(
                     f"table {TABLE}: column {column} has type {found}, expected {types[0]}"
                 )
-        if not self._run(NAME_IS_UNIQUE, ())[0][0]:
+        if not self.query(NAME_IS_UNIQUE, ())[0][0]:
             raise SchemaError(f"table {TABLE}: column name is not a primary key or unique")
 
     def check(self, name: str, process: str, mine: int, interval: float) -> Observation:
-        rows = self._run(CHECK, (name, name, process, mine, interval, interval))
+        rows = self.query(CHECK, (name, name, process, mine, interval, interval))
         written, holder, version, expires_in = rows[0]
         if written is not None:
             return Observation(True, process, int(written), interval)
@@ -160,7 +161,7 @@ class PostgresStore(ConnectedStore):
         )
 
     def release(self, name: str, process: str, version: int) -> None:
-        self._run(RELEASE, (name, process, version, self._channel))
+        self.query(RELEASE, (name, process, version, self._channel))
 
     def wait(self, seconds: float, wake_fd: int) -> None:
         since = time.monotonic() - self._last_socket_wake

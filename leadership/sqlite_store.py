@@ -71,6 +71,11 @@ class SqliteStore(ConnectedStore):
             self._reset()
             raise
 
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Run one statement in its own transaction; return its rows."""
+        rows: list[Any] = self._transaction(lambda conn: conn.execute(sql, params).fetchall())
+        return rows
+
     def prepare(self) -> None:
         def create(conn: Any) -> dict[str, str]:
             conn.execute(CREATE)
