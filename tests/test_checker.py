@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from leadership.chaos.launch import launch, missing_tools
 from leadership.testing import (
     RECORD,
     History,
@@ -29,8 +30,6 @@ from leadership.testing import (
     overlaps,
     read_history,
 )
-
-from leadership.chaos.launch import launch, missing_tools
 
 MS = 1_000_000
 
@@ -85,8 +84,12 @@ def test_only_definite_overlaps_count(tmp_path: Path) -> None:
 def test_runs_of_one_process_never_overlap_each_other(tmp_path: Path) -> None:
     log = write_log(
         tmp_path / "p.log",
-        [(Kind.START, 0, 1 * MS), (Kind.END, 10 * MS, 11 * MS)]
-        + [(Kind.START, 5 * MS, 6 * MS), (Kind.END, 20 * MS, 21 * MS)],
+        [
+            (Kind.START, 0, 1 * MS),
+            (Kind.END, 10 * MS, 11 * MS),
+            (Kind.START, 5 * MS, 6 * MS),
+            (Kind.END, 20 * MS, 21 * MS),
+        ],
     )
     assert overlaps([read_history(log)]) == []
 

@@ -26,6 +26,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "faults; checks that at most one process is raised at any instant.",
     )
     parser.add_argument("--seconds", type=float, default=60.0, help="fault injection time")
+    parser.add_argument("--faults", type=int, help="stop after this many faults")
     parser.add_argument("--seed", type=int, default=1, help="reproduces the fault schedule")
     parser.add_argument("--contenders", type=int, default=4)
     parser.add_argument("--interval", type=float, default=1.0, help="flag interval, seconds")
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     settings = Settings(
         seconds=args.seconds,
+        max_faults=args.faults,
         seed=args.seed,
         contenders=args.contenders,
         interval=args.interval,

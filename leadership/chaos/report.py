@@ -12,7 +12,8 @@ Definitions (CLOCK_MONOTONIC; see :mod:`leadership.testing` for runs):
   plus one interval and before the next fault starts; the *failover time* is then from
   the fault's instant to the first tenure (of any process) starting after the holder's
   ended, at the ``after`` reading of its first True call. When nobody held the flag at
-  the fault, the failover time runs to the next tenure's start.
+  the fault, the failover time runs to the next tenure's start. The *recovery time* is
+  the part of it after the fault ended (0 when a new holder came before the end).
 - For ``stop`` and ``partition`` of a holder that another process replaced during the
   fault, *first after resume* is the result of the victim's first ``raised()`` call made
   after SIGCONT or after the partition healed (see ``History.first_call_after``).
@@ -61,6 +62,7 @@ class Outcome:
     aimed_at_holder: bool
     deposed: bool
     failover_ms: float | None
+    recovery_ms: float | None
     first_after_resume: bool | None
     detail: str
 
@@ -108,16 +110,19 @@ def _outcome(
     )
     deposed = False
     failover: float | None = None
+    recovery: float | None = None
     first_after: bool | None = None
     if holder is None:
         later = [t for t in all_tenures if t.sure_start >= instant]
         if later:
             failover = (later[0].sure_start - instant) / 1e6
+            recovery = max(0, later[0].sure_start - max(instant, fault.end)) / 1e6
     elif aimed and holder.end <= min(fault.end + interval_ns, next_start):
         deposed = True
         later = [t for t in all_tenures if t.start > holder.end]
         if later:
             failover = (later[0].sure_start - instant) / 1e6
+            recovery = max(0, later[0].sure_start - max(instant, fault.end)) / 1e6
         if fault.kind in ("stop", "partition") and fault.victim in histories:
             replaced = any(
                 t.process != holder.process and instant <= t.sure_start <= fault.end
@@ -133,6 +138,7 @@ def _outcome(
         aimed,
         deposed,
         None if failover is None else round(failover, 3),
+        None if recovery is None else round(recovery, 3),
         first_after,
         fault.detail,
     )
@@ -152,6 +158,7 @@ class Summary:
     overlap_examples: list[str]
     availability: float
     failover_ms: dict[str, list[float]]
+    recovery_ms: dict[str, list[float]]
     first_after_resume: dict[str, list[bool]]  # results of those first calls (True: bad)
     outcomes: list[Outcome]
     notes: list[str]
@@ -185,14 +192,22 @@ class Summary:
         ]
         lines += [f"  {example}" for example in self.overlap_examples[:10]]
         lines.append(f"availability: {self.availability * 100:.2f} % of the time some process held")
-        lines.append("failover after each kind of fault (fault -> next process raised), ms:")
-        lines.append(f"  {'kind':10} {'n':>5} {'p50':>8} {'p99':>8} {'max':>8}")
+        lines.append(
+            "failover after each kind of fault that deposed the holder (fault -> next process"
+            " raised; recovery: from the fault's end), ms:"
+        )
+        lines.append(
+            f"  {'kind':10} {'n':>5} {'p50':>8} {'p99':>8} {'max':>8} {'recovery p99':>13} "
+            f"{'max':>8}"
+        )
         for kind in KINDS:
             values = self.failover_ms.get(kind, [])
+            recovery = self.recovery_ms.get(kind, []) or [0.0]
             if values:
                 lines.append(
                     f"  {kind:10} {len(values):5} {_percentile(values, 50):8.1f} "
-                    f"{_percentile(values, 99):8.1f} {max(values):8.1f}"
+                    f"{_percentile(values, 99):8.1f} {max(values):8.1f} "
+                    f"{_percentile(recovery, 99):13.1f} {max(recovery):8.1f}"
                 )
         crash = self.failover_ms.get("kill", [])
         if crash:
@@ -258,11 +273,14 @@ def summarise(experiment: Experiment) -> Summary:
     ]
     counts = {kind: 0 for kind in KINDS}
     failover: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    recovery: dict[str, list[float]] = {kind: [] for kind in KINDS}
     resume: dict[str, list[bool]] = {"stop": [], "partition": []}
     for outcome in outcomes:
         counts[outcome.kind] += 1
         if outcome.failover_ms is not None and (outcome.deposed or outcome.holder is None):
             failover[outcome.kind].append(outcome.failover_ms)
+            if outcome.recovery_ms is not None:
+                recovery[outcome.kind].append(outcome.recovery_ms)
         if outcome.first_after_resume is not None:
             resume[outcome.kind].append(outcome.first_after_resume)
     return Summary(
@@ -276,6 +294,7 @@ def summarise(experiment: Experiment) -> Summary:
         overlap_examples=[_describe(o, experiment.start) for o in report.overlaps[:20]],
         availability=report.availability,
         failover_ms=failover,
+        recovery_ms=recovery,
         first_after_resume=resume,
         outcomes=outcomes,
         notes=list(experiment.notes),
@@ -297,6 +316,7 @@ def aggregate(summaries: Sequence[Summary]) -> Summary:
         overlap_examples=[e for s in summaries for e in s.overlap_examples],
         availability=sum(s.availability * s.seconds for s in summaries) / total,
         failover_ms={k: [v for s in summaries for v in s.failover_ms.get(k, [])] for k in KINDS},
+        recovery_ms={k: [v for s in summaries for v in s.recovery_ms.get(k, [])] for k in KINDS},
         first_after_resume={
             k: [v for s in summaries for v in s.first_after_resume.get(k, [])]
             for k in ("stop", "partition")

@@ -38,9 +38,11 @@ RAISED_FRESHNESS_NS = 100_000_000
 @dataclass(frozen=True)
 class Settings:
     """What to run. Durations in seconds; ``timeout`` None means the largest the timing
-    rule allows for ``interval`` and ``jitter``."""
+    rule allows for ``interval`` and ``jitter``. Injection stops after ``seconds`` or
+    ``max_faults`` faults, whichever comes first."""
 
     seconds: float = 60.0
+    max_faults: int | None = None
     seed: int = 1
     contenders: int = 4
     interval: float = 1.0
@@ -380,7 +382,7 @@ def _run(settings: Settings, workdir: Path, say: Any) -> Experiment:
     notes: list[str] = []
     specs = schedule(
         settings.seed,
-        100_000,
+        settings.max_faults if settings.max_faults is not None else 100_000,
         settings.interval,
         settings.flag_timeout,
         settings.kinds,

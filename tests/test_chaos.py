@@ -1,0 +1,59 @@
+"""A short chaos run is part of the suite: every fault kind, zero overlaps.
+
+Longer runs are a documented command: ``python -m leadership.chaos --seconds 300 --seed N``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from leadership.chaos.faults import KINDS, schedule
+from leadership.chaos.launch import launch, missing_tools
+
+SEED = 10  # its first two rounds aim every kill, close, stop and partition at the holder
+SECONDS = 40
+
+
+def require_tools() -> None:
+    reason = missing_tools()
+    if reason:
+        if os.environ.get("LEADERSHIP_REQUIRE_POSTGRES"):
+            pytest.fail(reason + " (LEADERSHIP_REQUIRE_POSTGRES is set)")
+        pytest.skip(reason)
+
+
+def test_the_seed_aims_process_faults_at_the_holder() -> None:
+    first_rounds = schedule(SEED, 2 * len(KINDS), 1.0, 0.3)
+    assert {f.kind for f in first_rounds[: len(KINDS)]} == set(KINDS)
+    assert all(f.holder for f in first_rounds if f.kind in ("kill", "close", "stop", "partition"))
+    assert schedule(SEED, 18, 1.0, 0.3) == first_rounds  # reproducible
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_short_chaos_run_has_no_overlap(tmp_path: Path) -> None:
+    require_tools()
+    result = launch(
+        ["--seconds", str(SECONDS), "--faults", str(2 * len(KINDS)), "--seed", str(SEED)],
+        tmp_path,
+        timeout=SECONDS + 150,
+    )
+    summary = result.summary
+    report = result.stdout + result.stderr
+    assert summary, report
+    assert summary["overlaps"] == 0, report
+    assert result.returncode == 0, report
+    assert summary["total_faults"] >= len(KINDS), report
+    assert all(summary["faults"][kind] >= 1 for kind in KINDS), report
+    # Every holder paused or partitioned, and replaced meanwhile, saw False first.
+    resumed = summary["first_after_resume"]
+    assert resumed["stop"] + resumed["partition"], report  # at least one was checked
+    assert not any(resumed["stop"] + resumed["partition"]), report
+    # Liveness, with generous margins for a loaded machine: a new holder always came.
+    for kind in ("kill", "close", "stop", "partition"):
+        assert all(ms < 5000 for ms in summary["failover_ms"][kind]), report
+    assert summary["availability"] > 0.3, report
+    assert (tmp_path / "timeline.svg").read_text().startswith("<svg")
