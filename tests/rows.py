@@ -79,18 +79,30 @@ def put_row(dsn: str, name: str, holder: str, version: int, age: float = 0.0) ->
     )
 
 
-def read_row(dsn: str, name: str) -> Row | None:
+def _age(dsn: str) -> str:
     if is_sqlite(dsn):
-        age = f"{SQLITE_NOW} - timestamp"
-    else:
-        age = "EXTRACT(EPOCH FROM now() - timestamp)::float8"
+        return f"{SQLITE_NOW} - timestamp"
+    return "EXTRACT(EPOCH FROM now() - timestamp)::float8"
+
+
+def read_row(dsn: str, name: str) -> Row | None:
     rows = run(
-        dsn, f"SELECT name, holder, version, {age} FROM leadership_flags WHERE name = %s", (name,)
+        dsn,
+        f"SELECT name, holder, version, {_age(dsn)} FROM leadership_flags WHERE name = %s",
+        (name,),
     )
     if not rows:
         return None
     found, holder, version, seconds = rows[0]
     return Row(found, holder, int(version), float(seconds))
+
+
+def read_rows(dsn: str) -> dict[str, Row]:
+    """Every row of the table, by flag name."""
+    rows = run(dsn, f"SELECT name, holder, version, {_age(dsn)} FROM leadership_flags")
+    return {
+        name: Row(name, holder, int(version), float(age)) for name, holder, version, age in rows
+    }
 
 
 def steal(dsn: str, name: str, thief: str) -> None:
