@@ -14,7 +14,7 @@ from leadership.chaos.faults import KINDS, schedule
 from leadership.chaos.launch import launch, missing_tools
 
 SEED = 10  # its first two rounds aim every kill, close, stop and partition at the holder
-SECONDS = 40
+SECONDS = 32
 
 
 def require_tools() -> None:

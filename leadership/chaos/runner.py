@@ -336,6 +336,26 @@ class Injector:
         fault.detail = f"{spec.duration:.2f} s"
 
 
+def _wait_until_built(fleet: Fleet, timeout: float) -> bool:
+    """Wait until every live contender has built its flag (its BUILT mark is written)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(_built(c.log) for c in fleet.live.values()):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _built(path: Path) -> bool:
+    """True once the contender wrote its first record, which is its BUILT mark."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(RECORD.size)
+    except OSError:
+        return False
+    return len(data) == RECORD.size and RECORD.unpack(data)[0] == Kind.BUILT
+
+
 def _wait_for_holder(fleet: Fleet, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -396,8 +416,8 @@ def _run(settings: Settings, workdir: Path, say: Any) -> Experiment:
         try:
             for slot in range(settings.contenders):
                 fleet.spawn(slot)
-            if not _wait_for_holder(fleet, 30.0):
-                raise RuntimeError("no contender raised the flag within 30 s of start")
+            if not _wait_until_built(fleet, 60.0) or not _wait_for_holder(fleet, 30.0):
+                raise RuntimeError("the contenders did not start and raise the flag in time")
             start = time.monotonic_ns()
             deadline = time.monotonic() + settings.seconds
             say(f"cluster on port {cluster.port}, {settings.contenders} contenders, started")
@@ -407,6 +427,8 @@ def _run(settings: Settings, workdir: Path, say: Any) -> Experiment:
                 fault = injector.inject(spec)
                 faults.append(fault)
                 time.sleep(0.6 * settings.interval)  # the longest a holder may take to notice
+                if not _wait_until_built(fleet, 20.0):
+                    notes.append(f"a replacement took over 20 s to start after {fault.kind}")
                 say(
                     f"{(fault.start - start) / 1e9:7.2f} s {fault.kind:9} "
                     f"victim={fault.victim} holder={fault.holder} {fault.detail}"
