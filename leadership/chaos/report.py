@@ -277,7 +277,7 @@ def summarise(experiment: Experiment) -> Summary:
     resume: dict[str, list[bool]] = {"stop": [], "partition": []}
     for outcome in outcomes:
         counts[outcome.kind] += 1
-        if outcome.failover_ms is not None and (outcome.deposed or outcome.holder is None):
+        if outcome.failover_ms is not None and outcome.deposed:
             failover[outcome.kind].append(outcome.failover_ms)
             if outcome.recovery_ms is not None:
                 recovery[outcome.kind].append(outcome.recovery_ms)

@@ -356,11 +356,19 @@ def _built(path: Path) -> bool:
     return len(data) == RECORD.size and RECORD.unpack(data)[0] == Kind.BUILT
 
 
-def _wait_for_holder(fleet: Fleet, timeout: float) -> bool:
+def _wait_for_holder(fleet: Fleet, timeout: float, admin: Admin | None = None) -> bool:
+    """Wait until a contender is raised and, given ``admin``, the row names it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if fleet.raised_now():
+        raised = {c.process for c in fleet.raised_now()}
+        if raised and admin is None:
             return True
+        if raised and admin is not None:
+            rows = admin.execute(
+                "SELECT holder FROM leadership_flags WHERE name = %s", (fleet.settings.name,)
+            )
+            if rows and rows[0][0] in raised:
+                return True
         time.sleep(0.01)
     return False
 
@@ -433,7 +441,7 @@ def _run(settings: Settings, workdir: Path, say: Any) -> Experiment:
                     f"{(fault.start - start) / 1e9:7.2f} s {fault.kind:9} "
                     f"victim={fault.victim} holder={fault.holder} {fault.detail}"
                 )
-                if not _wait_for_holder(fleet, 4 * settings.interval + 2.0):
+                if not _wait_for_holder(fleet, 4 * settings.interval + 2.0, admin):
                     notes.append(
                         f"no holder within {4 * settings.interval + 2:.0f} s after "
                         f"{fault.kind} at {(fault.start - start) / 1e9:.2f} s"
