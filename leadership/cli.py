@@ -10,80 +10,25 @@ mistakes print one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Callable
-from typing import NoReturn, TypeAlias
 
 from . import __version__
+from .arguments import EXIT_USAGE, Commands, Parser, UsageError, count, fraction, seconds
+from .commands import add_release, add_run, add_status
 from .errors import ConfigurationError, LeadershipError
 
 __all__ = [
     "COMMANDS",
     "EXIT_FAILURE",
     "EXIT_USAGE",
-    "Commands",
-    "UsageError",
     "build_parser",
     "main",
 ]
 
 EXIT_FAILURE = 1
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-
-class UsageError(Exception):
-    """A user mistake found after parsing; printed as one line, exit status 2."""
-
-
-class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line on stderr (exit status 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-Commands: TypeAlias = "argparse._SubParsersAction[Parser]"
-"""What a command's ``add_<command>`` function receives to add its sub-parser to."""
-
-
-def seconds(text: str) -> float:
-    """argparse type: a positive, finite number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """argparse type: a number in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
-    return value
-
-
-def count(low: int, high: int) -> Callable[[str], int]:
-    """argparse type: a whole number in [low, high]."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {value}")
-        return value
-
-    return parse
 
 
 def add_demo(commands: Commands) -> None:
@@ -148,7 +93,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     )
 
 
-COMMANDS: tuple[Callable[[Commands], None], ...] = (add_demo,)
+COMMANDS: tuple[Callable[[Commands], None], ...] = (add_run, add_status, add_release, add_demo)
 """The registrars of the commands, in the order ``--help`` lists them."""
 
 

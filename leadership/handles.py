@@ -42,6 +42,8 @@ SOCKET_DIR = "/var/run/postgresql"
 
 def redact(dsn: str) -> str:
     """``dsn`` with any password replaced by ``***``."""
+    if dsn.lower().startswith("sqlite:"):
+        return dsn  # a path: nothing secret, and urlunsplit would mangle it
     try:
         parts = urlsplit(dsn)
     except ValueError:

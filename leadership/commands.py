@@ -1,0 +1,203 @@
+"""The operator commands: ``leadership run``, ``status`` and ``release``.
+
+Exit status of ``run``: the command's own status (128+N when killed by signal N),
+``EXIT_LOST`` (75) when leadership was lost while it ran, 128+N when interrupted by
+signal N while waiting. ``status`` and ``release``: 0 on success, 1 when the flag does
+not exist or the database fails, 2 for a usage mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .admin import FlagRow, read_flags, release_flag
+from .arguments import Commands, UsageError, add_flag_options, fraction, handle_of, seconds
+from .builder import new_flag
+from .errors import LeadershipError
+from .supervisor import Supervisor, max_grace
+from .timing import Timing
+
+__all__ = ["add_release", "add_run", "add_status"]
+
+RELEASED_AGE = 1e8
+"""Rows older than this many seconds were released (their timestamp is the epoch)."""
+
+
+def add_run(commands: Commands) -> None:
+    """``leadership run``: run a command only while holding the flag."""
+    parser = commands.add_parser(
+        "run",
+        help="wait for the flag, run a command while holding it, release when it exits",
+        description=(
+            "Wait until this process holds the flag, then run COMMAND. When COMMAND exits, "
+            "release the flag and exit with its status. When leadership is being lost (the "
+            "lease is within --grace seconds of its end without a renewal, or another "
+            "process took the flag), send COMMAND's process group SIGTERM, then SIGKILL "
+            "before the lease ends, so it is gone before another process can take the "
+            "flag; exit with status 75. SIGINT/SIGTERM are forwarded to COMMAND, then the "
+            "flag is released. If this process is itself frozen past the lease, the "
+            "kernel kills it and COMMAND (Linux)."
+        ),
+        epilog="Example: LEADERSHIP_HANDLE=postgresql://app@db/app leadership run "
+        "--name nightly-report -- ./report.sh --full",
+    )
+    add_flag_options(parser, name_required=True)
+    parser.add_argument("--process", help="this process's name, unique (default hostname-pid)")
+    parser.add_argument(
+        "--jitter", type=fraction, default=0.2, metavar="FRACTION",
+        help="random spread of every scheduled wait (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--grace", type=seconds, metavar="SECONDS",
+        help="time COMMAND gets between SIGTERM and SIGKILL; at most interval * 0.9 - "
+        "interval / 2 * (1 + jitter) - timeout, so a healthy holder never comes "
+        "that close to the end of its lease (default: 5 s or that limit if smaller)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--metrics-port", type=int, metavar="PORT",
+        help="serve Prometheus metrics on this port while running",
+    )  # fmt: skip
+    parser.add_argument(
+        "--metrics-subsystem", default="leadership_run", metavar="NAME",
+        help="metric name prefix: NAME_leadership_flag_state... (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]", help="what to run"
+    )
+    parser.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not command:
+        raise UsageError("no command to run: give it after --, e.g. -- ./job.sh")
+    timing = Timing(interval=args.interval, jitter=args.jitter, timeout=args.timeout)
+    limit = max_grace(timing)
+    if limit <= 0:
+        raise UsageError(
+            f"interval {timing.interval:g} s leaves no time to stop the command before the "
+            "lease ends: raise --interval or lower --timeout"
+        )
+    grace = min(5.0, limit) if args.grace is None else args.grace
+    if grace > limit:
+        raise UsageError(
+            f"--grace {grace:g} s is too long for interval {timing.interval:g} s: at most "
+            f"{limit:.3g} s, so the command is stopped before another process can take the flag"
+        )
+    logging.basicConfig(level=logging.INFO, format="leadership run: %(message)s")
+    logger = logging.getLogger("leadership.run")
+    builder = (
+        new_flag()
+        .handle(handle_of(args))
+        .name(args.name)
+        .interval(timing.interval)
+        .jitter(timing.jitter)
+        .timeout(timing.timeout)
+        .logger(logger)
+    )
+    if args.process:
+        builder.process(args.process)
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port)
+        builder.metrics_subsystem(args.metrics_subsystem)
+    return Supervisor(builder.build(), command, grace, logger).run()
+
+
+def add_status(commands: Commands) -> None:
+    """``leadership status``: who holds which flag, on the database clock."""
+    parser = commands.add_parser(
+        "status",
+        help="show who holds each flag and the time left on its lease",
+        description="One row per flag: name, holder, version, age of the last renewal and "
+        "time left on the lease (database clock, with the given --interval), and whether "
+        "it expired or was released.",
+    )
+    add_flag_options(parser, name_required=False)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(run=_status)
+
+
+def _state(row: FlagRow) -> str:
+    if row.age > RELEASED_AGE:
+        return "released"
+    return "expired" if row.expired else "held"
+
+
+def _status(args: argparse.Namespace) -> int:
+    rows = read_flags(handle_of(args), args.interval, args.timeout, args.name)
+    if args.name is not None and not rows:
+        raise LeadershipError(f"no flag named {args.name!r}")
+    if args.json:
+        json.dump(
+            [
+                {
+                    "name": row.name,
+                    "holder": row.holder,
+                    "version": row.version,
+                    "age": None if row.age > RELEASED_AGE else round(row.age, 3),
+                    "left": round(row.left, 3),
+                    "expired": row.expired,
+                    "state": _state(row),
+                }
+                for row in rows
+            ],
+            sys.stdout,
+            indent=2,
+        )
+        print()
+        return 0
+    table = [("NAME", "HOLDER", "VERSION", "AGE", "LEFT", "STATE")]
+    for row in rows:
+        age = "-" if row.age > RELEASED_AGE else f"{row.age:.1f}s"
+        table.append((row.name, row.holder, str(row.version), age, f"{row.left:.1f}s", _state(row)))
+    widths = [max(len(line[column]) for line in table) for column in range(len(table[0]))]
+    for line in table:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        )
+    if len(table) == 1:
+        print("(no flags)")
+    return 0
+
+
+def add_release(commands: Commands) -> None:
+    """``leadership release``: expire a stuck holder's row."""
+    parser = commands.add_parser(
+        "release",
+        help="expire a flag's row so a waiting process takes it now",
+        description="Expire the flag's row at once and bump its version, waking waiting "
+        "processes. For a holder known to be dead or stuck: a live holder keeps its local "
+        "lease until its deadline (up to one interval) and loses the flag at its next "
+        "renewal. Asks for confirmation unless --yes.",
+    )
+    add_flag_options(parser, name_required=True)
+    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    parser.set_defaults(run=_release)
+
+
+def _release(args: argparse.Namespace) -> int:
+    handle = handle_of(args)
+    rows = read_flags(handle, args.interval, args.timeout, args.name)
+    if not rows:
+        raise LeadershipError(f"no flag named {args.name!r}")
+    row = rows[0]
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError("refusing to release without --yes (standard input is not a terminal)")
+        answer = input(
+            f"Release flag {row.name!r} held by {row.holder!r} (version {row.version}, "
+            f"{_state(row)})? A live holder may still act for up to one interval. [y/N] "
+        )
+        if answer.strip().lower() not in ("y", "yes"):
+            print("not released")
+            return 1
+    released = release_flag(handle, args.name, args.timeout)
+    if released is None:
+        raise LeadershipError(f"no flag named {args.name!r}")
+    print(f"released flag {row.name!r} (was held by {row.holder!r}, version {row.version})")
+    return 0
