@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import leadership
 from leadership.clock import now_ns
 from tests.conftest import admin_connect
 from tests.history import OverlapWatch, wait_for
-from tests.rows import create_table, read_row
+from tests.rows import create_table, read_row, sqlite_path
 from tests.tcp_proxy import TcpProxy
 
 MakeFlag = Callable[..., leadership.Flag]
@@ -264,6 +265,36 @@ def test_stuck_database_lowers_the_holder_by_its_deadline(
             assert taken >= asked + int(expires_in * 1e9), "the waiter took it before expiry"
     finally:
         conn.close()
+
+
+def test_stuck_sqlite_file_lowers_the_holder_by_its_deadline(
+    sqlite_dsn: str, make_flag: MakeFlag
+) -> None:
+    """Another connection holds the file's write lock: renewals fail with "database is
+    locked" and the holder must report False from its lease deadline on."""
+    holder = make_flag(sqlite_dsn, "holder")
+    assert holder.wait_raised(2)
+    waiter = make_flag(sqlite_dsn, "waiter")
+    blocker = sqlite3.connect(sqlite_path(sqlite_dsn), isolation_level=None)
+    try:
+        with OverlapWatch([holder, waiter]) as watch:
+            blocker.execute("BEGIN IMMEDIATE")
+            locked = now_ns()
+            must_be_lowered_at = locked + holder.timing.lease_ns
+            late: list[int] = []
+            while now_ns() < locked + int(1.5 * INTERVAL * 1e9):
+                before = now_ns()
+                if holder.raised() and before >= must_be_lowered_at:
+                    late.append(before - must_be_lowered_at)
+                assert not waiter.raised(), "the waiter was raised while the file was locked"
+                time.sleep(0.001)
+            assert not late, f"raised after its deadline by {min(late)} ns"
+            blocker.rollback()
+            took = wait_for(lambda: holder.raised() or waiter.raised(), 2 * INTERVAL + 0.5)
+            assert took is not None, "nobody took the flag once the lock was gone"
+        watch.assert_no_overlap()
+    finally:
+        blocker.close()
 
 
 def _via(dsn: str, port: int) -> str:
