@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import threading
 from collections.abc import Callable
 
@@ -114,10 +115,18 @@ class Campaign:
                 delay = self._step()
                 self._changed()
                 if not self._stopping:
-                    self._store.wait(delay, self._wake_read)
+                    self._wait(delay)
         finally:
             self._finish()
             self._changed()
+
+    def _wait(self, seconds: float) -> None:
+        """Let the store wait; if even that fails, sleep on the wake pipe alone."""
+        try:
+            self._store.wait(seconds, self._wake_read)
+        except Exception as error:
+            self._logger.error("flag %r: wait failed: %s", self._name, describe_error(error))
+            select.select([self._wake_read], [], [], seconds)
 
     def _step(self) -> float:
         """Do what is due now; return the seconds to wait before the next step."""
@@ -174,7 +183,9 @@ class Campaign:
     def _held(self, seen: Observation, started: int) -> float:
         assert seen.version is not None
         with self._lock:
-            if self._term < 0:
+            if self._term < 0 or not self._lease.raised():
+                # A lapsed lease ends the term even when the row stayed ours: callbacks
+                # saw it lowered, so work started before the lapse must be fenced off.
                 self._term = seen.version
             self._mine = seen.version
             self._in_flight = False

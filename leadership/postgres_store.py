@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .errors import SchemaError
+from .errors import SchemaError, StoreUnavailable
 from .store import TABLE, ConnectedStore, Observation, describe_error
 
 __all__ = ["PostgresStore", "channel_for"]
@@ -132,11 +132,14 @@ class PostgresStore(ConnectedStore):
             try:
                 self.query(CREATE, ())
             except Exception as error:
-                raise SchemaError(
-                    f"table {TABLE} does not exist and could not be created: "
-                    f"{describe_error(error)}"
-                ) from error
-            columns = dict(self.query(COLUMNS, ()))
+                columns = dict(self.query(COLUMNS, ()))  # another process may have made it
+                if not columns:
+                    raise (SchemaError if _sqlstate(error) == "42501" else StoreUnavailable)(
+                        f"table {TABLE} does not exist and could not be created: "
+                        f"{describe_error(error)}"
+                    ) from error
+            else:
+                columns = dict(self.query(COLUMNS, ()))
         for column, types in EXPECTED.items():
             found = columns.get(column)
             if found is None:
@@ -191,3 +194,12 @@ class PostgresStore(ConnectedStore):
             except Exception:
                 return None
         return None
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of a driver error (pg8000 or psycopg), if it has one."""
+    if error.args and isinstance(error.args[0], dict):
+        code = error.args[0].get("C")
+        return str(code) if code else None
+    code = getattr(error, "sqlstate", None)
+    return str(code) if code else None

@@ -9,7 +9,6 @@ as it is free.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -141,7 +140,7 @@ class SqliteStore(ConnectedStore):
                 )
                 .fetchone()
             )
-        except sqlite3.Error:
+        except Exception:  # any failure, the factory's too: the next check will tell
             self._reset()
             return False
         return row is None or bool(row[0])

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 import leadership
 from leadership.handles import pg8000_options
+from leadership.postgres_store import CREATE
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 BASE_DSN = os.environ.get("LEADERSHIP_TEST_DSN", DEFAULT_DSN)
@@ -71,8 +72,12 @@ def pg_dsn() -> Iterator[str]:
     except Exception:  # no CREATEDB privilege: use the given database as it is
         yield BASE_DSN
         return
+    dsn = _with_database(BASE_DSN, database)
     try:
-        yield _with_database(BASE_DSN, database)
+        # The table exists before any test: its one-time creation under a short test
+        # timeout on a loaded machine would be noise (tests of creation make their own).
+        execute(dsn, CREATE)
+        yield dsn
     finally:
         execute(BASE_DSN, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
