@@ -46,6 +46,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--svg", type=Path, help="write a timeline picture here")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--workdir", type=Path, help="keep the witness logs here")
+    parser.add_argument(
+        "--contender-log-level",
+        default="WARNING",
+        help="log level of the contenders' flags (their logs go to WORKDIR/logs/*.err)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser.parse_args(argv)
 
@@ -64,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         holder_bias=args.holder_bias,
         unsafe=args.unsafe,
         workdir=args.workdir,
+        contender_log_level=args.contender_log_level,
     )
 
     def progress(text: str) -> None:
@@ -81,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.write_text(json.dumps(summary.to_json(), indent=1) + "\n")
         if args.svg:
-            write(experiment, args.svg)
+            caption = (
+                f"{summary.overlaps} overlaps, availability {summary.availability * 100:.0f} %"
+            )
+            write(experiment, args.svg, caption=caption)
     finally:
         if args.workdir is None:
             shutil.rmtree(experiment.workdir, ignore_errors=True)

@@ -3,6 +3,8 @@
 The server runs as the unprivileged ``postgres`` user when this process is root (as a
 direct child, with a parent-death signal, so it dies with its parent even on SIGKILL),
 else as the current user. The machine's own PostgreSQL server is never touched.
+The parent-death signal follows the *thread* that started the server: call ``start``
+and ``restart`` from a thread that lives as long as the cluster (the main thread).
 """
 
 from __future__ import annotations

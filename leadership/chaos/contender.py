@@ -107,13 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=0.3)
     parser.add_argument("--max-gap", type=float, default=0.05, help="seconds (witness)")
     parser.add_argument("--switch-interval", type=float, default=0.001, help="GIL, seconds")
+    parser.add_argument("--log-level", default="WARNING", help="of the flag's logger")
     parser.add_argument("--unsafe", action="store_true", help="cached boolean, no deadline")
     args = parser.parse_args(argv)
 
     _die_with_parent()
     parent = os.getppid()
     logging.basicConfig(
-        level=logging.WARNING, format=f"%(asctime)s {args.process} %(levelname)s %(message)s"
+        level=args.log_level.upper(),
+        format=f"%(asctime)s {args.process} %(threadName)s %(levelname)s %(message)s",
     )
     sys.setswitchinterval(args.switch_interval)
     witness = Witness(args.log, max_gap=args.max_gap)

@@ -54,6 +54,7 @@ class Settings:
     max_gap: float | None = None
     name: str = "chaos"
     workdir: Path | None = None
+    contender_log_level: str = "WARNING"
 
     @property
     def witness_gap(self) -> float:
@@ -134,6 +135,7 @@ class Fleet:
             "--max-gap",
             str(s.witness_gap),
         ]
+        command += ["--log-level", s.contender_log_level]
         if s.unsafe:
             command.append("--unsafe")
         with open(self.logdir / f"{process}.err", "wb") as errors:

@@ -36,14 +36,14 @@ TOP = 40
 RIGHT = 20
 
 
-def render(experiment: Experiment, width: int = 1400) -> str:
-    """The SVG document for ``experiment``."""
+def render(experiment: Experiment, width: int = 1400, caption: str = "") -> str:
+    """The SVG document for ``experiment``; ``caption`` goes under the title."""
     origin, end = experiment.start, experiment.end
     span = max(end - origin, 1)
     plot = width - LEFT - RIGHT
     slots = sorted(set(experiment.slots.values()))
     lanes = {slot: i + 1 for i, slot in enumerate(slots)}
-    height = TOP + LANE * (len(slots) + 1) + 60
+    height = TOP + LANE * (len(slots) + 1) + 78
 
     def x(ns: int) -> float:
         return LEFT + plot * min(max(ns - origin, 0), span) / span
@@ -57,7 +57,7 @@ def render(experiment: Experiment, width: int = 1400) -> str:
         f'<rect width="{width}" height="{height}" fill="white"/>',
         f'<text x="{LEFT}" y="16" font-size="13">leadership chaos run: seed '
         f"{experiment.settings.seed}, {len(experiment.faults)} faults, "
-        f"{len(experiment.histories)} processes</text>",
+        f"{len(experiment.histories)} processes. {escape(caption)}</text>",
         f'<text x="8" y="{lane_y(0) + 21}">database</text>',
     ]
     for slot, lane in lanes.items():
@@ -134,17 +134,30 @@ def render(experiment: Experiment, width: int = 1400) -> str:
     out.append(
         f'<rect x="{lx}" y="{legend_y - 9}" width="14" height="9" fill="#2ca02c"/>'
         f'<text x="{lx + 18}" y="{legend_y}">raised</text>'
+        f'<line x1="{lx + 70}" y1="{legend_y - 9}" x2="{lx + 84}" y2="{legend_y}" '
+        'stroke="#999"/>'
+        f'<text x="{lx + 88}" y="{legend_y}">handover</text>'
+        f'<circle cx="{lx + 160}" cy="{legend_y - 4}" r="2" fill="#555"/>'
+        f'<text x="{lx + 166}" y="{legend_y}">built / closed</text>'
+        f'<rect x="{lx + 255}" y="{legend_y - 8}" width="5" height="5" fill="red"/>'
+        f'<text x="{lx + 264}" y="{legend_y}">overlap</text>'
     )
-    lx += 70
+    lx += 330
     for kind, colour in COLOURS.items():
         out.append(
             f'<rect x="{lx}" y="{legend_y - 9}" width="14" height="9" fill="{colour}" '
             f'fill-opacity="0.5"/><text x="{lx + 18}" y="{legend_y}">{kind}</text>'
         )
         lx += 30 + 7 * len(kind)
+    out.append(
+        f'<text x="{LEFT}" y="{legend_y + 18}" fill="#555">Bars show the sure part of each '
+        "run of True calls; a white gap inside a bar is a stretch of more than "
+        f"{experiment.settings.witness_gap * 1000:.0f} ms in which that process made no call "
+        "(not counted as holding). Hover for details.</text>"
+    )
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
 
-def write(experiment: Experiment, path: str | Path, width: int = 1400) -> None:
-    Path(path).write_text(render(experiment, width))
+def write(experiment: Experiment, path: str | Path, width: int = 1400, caption: str = "") -> None:
+    Path(path).write_text(render(experiment, width, caption))
