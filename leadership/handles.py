@@ -104,12 +104,14 @@ def pg8000_options(dsn: str, timeout: float) -> dict[str, Any]:
     return options
 
 
-def _ssl_context(query: dict[str, str], shown: str) -> ssl.SSLContext | None:
+def _ssl_context(query: dict[str, str], shown: str) -> ssl.SSLContext | bool | None:
     mode = query.get("sslmode", "prefer")
     if mode not in SSL_MODES:
         raise ConfigurationError("handle", f"sslmode must be one of {SSL_MODES} in {shown}")
-    if mode in ("disable", "allow", "prefer"):
-        return None
+    if mode == "disable":
+        return False
+    if mode in ("allow", "prefer"):
+        return None  # pg8000: try TLS without verification, fall back to plain
     context = ssl.create_default_context(cafile=query.get("sslrootcert"))
     if mode in ("require", "verify-ca"):
         context.check_hostname = False
@@ -159,13 +161,13 @@ def _store(
     if isinstance(handle, str):
         scheme = handle.partition("://")[0].lower() if "://" in handle else ""
         if scheme in POSTGRES_SCHEMES:
-            import pg8000.dbapi
+            import pg8000.native
 
             options = pg8000_options(handle, timeout)
             where = redact(handle)
 
             def connect() -> Any:
-                return pg8000.dbapi.connect(**options)
+                return pg8000.native.Connection(**options)
 
             return PostgresStore(connect, name, timeout, first=_first(connect, where, timeout))
         if scheme == "sqlite":

@@ -8,9 +8,12 @@ its schedule.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
+
+import pg8000.native
 
 from .errors import SchemaError, StoreUnavailable
 from .store import TABLE, ConnectedStore, Observation, describe_error
@@ -49,7 +52,7 @@ EXPECTED = {
 # Parameters: name, name, process, mine, interval, interval.
 CHECK = f"""
 WITH previous AS (
-    SELECT holder, version, timestamp FROM {TABLE} WHERE name = %s
+    SELECT holder, version, timestamp FROM {TABLE} WHERE name = %s FOR UPDATE
 ), written AS (
     INSERT INTO {TABLE} AS f (name, holder, version, timestamp)
     VALUES (%s, %s, 0, now())
@@ -94,30 +97,39 @@ class PostgresStore(ConnectedStore):
         self._channel = channel_for(name)
         self._timeout_ms = max(1, round(timeout * 1000))
         self._last_socket_wake = 0.0
+        self._prepared: dict[str, Any] = {}
         super().__init__(connect, first)
 
     def _setup(self, conn: Any) -> None:
+        self._prepared = {}
         if hasattr(conn, "autocommit"):
             conn.autocommit = True
+        self._execute(
+            conn, "SELECT set_config('statement_timeout', %s, false)", (str(self._timeout_ms),)
+        )
+        self._execute(conn, f'LISTEN "{self._channel}"', ())
+
+    def _execute(self, conn: Any, sql: str, params: tuple[Any, ...]) -> list[Any]:
+        """Run ``sql`` (``%s`` placeholders) on ``conn``; return its rows."""
+        if isinstance(conn, pg8000.native.Connection):
+            if not params:
+                return list(conn.run(sql) or [])
+            # Prepared once per connection: each later run is one round trip.
+            statement = self._prepared.get(sql)
+            if statement is None:
+                statement = self._prepared[sql] = conn.prepare(_named_placeholders(sql))
+            return list(statement.run(**{f"p{i}": value for i, value in enumerate(params)}) or [])
         cursor = conn.cursor()
         try:
-            cursor.execute(
-                "SELECT set_config('statement_timeout', %s, false)", (str(self._timeout_ms),)
-            )
-            cursor.fetchall()
-            cursor.execute(f'LISTEN "{self._channel}"')
+            cursor.execute(sql, params)
+            return list(cursor.fetchall()) if cursor.description else []
         finally:
             cursor.close()
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         """Run one statement (autocommit); return its rows; reconnect next time after a failure."""
         try:
-            cursor = self._connection().cursor()
-            try:
-                cursor.execute(sql, params)
-                rows = list(cursor.fetchall()) if cursor.description else []
-            finally:
-                cursor.close()
+            rows = self._execute(self._connection(), sql, params)
         except BaseException:
             self._reset()
             raise
@@ -203,3 +215,12 @@ def _sqlstate(error: BaseException) -> str | None:
         return str(code) if code else None
     code = getattr(error, "sqlstate", None)
     return str(code) if code else None
+
+
+def _named_placeholders(sql: str) -> str:
+    """``%s`` placeholders as pg8000.native's ``:p0, :p1, ...``."""
+    numbers = itertools.count()
+    parts = sql.split("%s")
+    return "".join(
+        part + (f":p{next(numbers)}" if i < len(parts) - 1 else "") for i, part in enumerate(parts)
+    )
