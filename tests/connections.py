@@ -87,6 +87,15 @@ class ConnectionFactory:
             with contextlib.suppress(Exception):
                 conn.close()
 
+    def backends(self) -> int:
+        """How many PostgreSQL backends this factory's connections have on the server."""
+        rows = execute(
+            self.dsn,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+            (self.application_name,),
+        )
+        return int(rows[0][0])
+
     def terminate(self) -> int:
         """Terminate this factory's PostgreSQL backends on the server; return how many."""
         rows = execute(

@@ -13,7 +13,9 @@ class TcpProxy:
 
     ``freeze()`` stops relaying bytes in both directions: connections stay open but
     go silent, and new ones are accepted but never reach the server, as when the
-    network drops packets. ``thaw()`` resumes relaying. ``close()`` ends it all.
+    network drops packets. ``hold_replies()`` stops only the server's replies: the
+    requests still reach the server and run, but the client never hears back.
+    ``thaw()`` resumes relaying (held bytes are then delivered). ``close()`` ends it all.
     """
 
     def __init__(self, target: tuple[str, int]) -> None:
@@ -22,6 +24,8 @@ class TcpProxy:
         self.port: int = self._listener.getsockname()[1]
         self._flowing = threading.Event()
         self._flowing.set()
+        self._replying = threading.Event()
+        self._replying.set()
         self._closed = False
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -41,12 +45,17 @@ class TcpProxy:
     def freeze(self) -> None:
         self._flowing.clear()
 
+    def hold_replies(self) -> None:
+        self._replying.clear()
+
     def thaw(self) -> None:
         self._flowing.set()
+        self._replying.set()
 
     def close(self) -> None:
         self._closed = True
         self._flowing.set()
+        self._replying.set()
         with contextlib.suppress(OSError):
             self._listener.close()
         with self._lock:
@@ -81,15 +90,17 @@ class TcpProxy:
             return
         self._track(server)
         threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
-        self._pump(server, client)
+        self._pump(server, client, replies=True)
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, replies: bool = False) -> None:
         try:
             while True:
                 data = source.recv(65536)
                 if not data:
                     break
                 self._flowing.wait()
+                if replies:
+                    self._replying.wait()
                 if self._closed:
                     break
                 sink.sendall(data)

@@ -219,6 +219,51 @@ def test_paused_holder_sees_lowered_on_its_first_call_after_resume(
 
 
 @pytest.mark.slow
+def test_killed_holder_is_replaced_when_its_lease_expires(
+    any_dsn: str,
+    make_flag: MakeFlag,
+    flag_name: str,
+    spawn: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    """No release after kill -9: the waiter takes over at the row's expiry (it sleeps
+    until then), not at some later periodic check."""
+    child = spawn(any_dsn, flag_name)
+    samples = Samples(child)
+    assert wait_for(samples.raised_seen, 20) is not None, "the child never held the flag"
+    waiter = make_flag(any_dsn, "waiter")
+    assert wait_for(waiter.raised, 0.1) is None
+    child.kill()
+    child.wait(10)
+    asked = time.monotonic()
+    row = read_row(any_dsn, flag_name)
+    answered = time.monotonic()
+    assert row is not None and row.holder == "paused"
+    raised_after = wait_for(waiter.raised, 2 * INTERVAL)
+    assert raised_after is not None, "the waiter never took over"
+    raised = answered + raised_after
+    expiry_earliest = asked + INTERVAL - row.age
+    expiry_latest = answered + INTERVAL - row.age
+    assert raised >= expiry_earliest - 0.005, "taken before the row expired"
+    assert raised <= expiry_latest + 0.15, (
+        f"taken {raised - expiry_latest:.3f} s after the row expired"
+    )
+
+
+def test_with_block_closes_and_releases(any_dsn: str, flag_name: str) -> None:
+    made = leadership.new_flag().handle(any_dsn).name(flag_name).process("p1")
+    with made.interval(INTERVAL).jitter(0).timeout(0.15).build() as flag:
+        assert flag.wait_raised(2)
+        assert flag.token is not None
+    assert flag.closed
+    assert not flag.raised()
+    assert flag.token is None
+    row = read_row(any_dsn, flag_name)
+    assert row is not None and row.age > 1000, "not released on leaving the block"
+    flag.close()  # idempotent
+    assert not flag.raised()
+
+
+@pytest.mark.slow
 def test_stuck_database_lowers_the_holder_by_its_deadline(
     pg_dsn: str, make_flag: MakeFlag, flag_name: str
 ) -> None:
@@ -334,6 +379,45 @@ def test_partitioned_holder_is_lowered_before_another_takes_over(
         )
         row = read_row(pg_dsn, flag_name)
         assert row is not None and row.holder == "waiter"
+
+
+@pytest.mark.slow
+def test_renewal_with_a_lost_reply_does_not_lower_the_flag(
+    pg_dsn: str, make_flag: MakeFlag, flag_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A renewal commits on the server but its reply never arrives (client timeout).
+    That is a failed renewal of unknown outcome: the flag must stay raised until its
+    deadline, and must not blame a duplicate process name for its own write.
+    (Interval 3 s, timeout 0.3 s: the relay is slow to reconnect on a loaded machine.)"""
+    parts = urlsplit(pg_dsn)
+    with TcpProxy((parts.hostname or "127.0.0.1", parts.port or 5432)) as proxy:
+        flag = make_flag(_via(pg_dsn, proxy.port), "holder", interval=3.0, timeout=0.3)
+        assert flag.wait_raised(2)
+        written = read_row(pg_dsn, flag_name)
+        assert written is not None
+        proxy.hold_replies()
+        deadline = flag._deadline  # later successful renewals can only move it later
+
+        def renewed_unheard() -> bool:
+            row = read_row(pg_dsn, flag_name)
+            return row is not None and row.version > written.version
+
+        assert wait_for(renewed_unheard, 3, step=0.01) is not None, "no renewal reached the server"
+        gave_up = wait_for(lambda: "check failed" in caplog.text, 3, step=0.002)
+        assert gave_up is not None, "the client did not give up on the withheld reply"
+        time.sleep(0.1)  # the old connection is gone; its retry comes 0.3 s after the failure
+        proxy.thaw()
+        lowered_at: int | None = None
+        while now_ns() < deadline:
+            if not flag.raised():
+                lowered_at = now_ns()
+                break
+            time.sleep(0.001)
+    assert lowered_at is None, (
+        f"lowered {(deadline - lowered_at) / 1e9:.3f} s before its deadline after one "
+        f"renewal of unknown outcome; log:\n{caplog.text}"
+    )
+    assert "process names must be unique" not in caplog.text
 
 
 def test_fork_child_sees_the_flag_lowered(
