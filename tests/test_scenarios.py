@@ -163,15 +163,22 @@ def test_9_holder_loses_its_database_other_takes_over(any_dsn: str, make_flag: M
     assert holder.wait_raised(2)
     other = make_flag(any_dsn, "p2")
     with OverlapWatch([holder, other]) as watch:
-        cut, cut_at = now_ns(), time.monotonic()
+        cut_at = time.monotonic()
         factory.cut()
-        # The holder's last successful renewal started before the cut: its lease ends
-        # before cut + lease, whatever its renewal thread does.
-        lowered_by = cut + holder.timing.lease_ns
-        assert wait_for(lambda: not holder.raised(), 2.0) is not None
-        assert now_ns() <= lowered_by + 20_000_000, "the holder stayed raised past its lease"
-        raised = first_raised(other, 2.0)
-        assert raised is not None
+        # Every renewal that succeeded started before the cut was complete: the holder's
+        # lease ends before then + lease, whatever its renewal thread does.
+        lowered_by = now_ns() + holder.timing.lease_ns
+        late: list[int] = []
+        raised = None
+        while raised is None and time.monotonic() < cut_at + 2 * INTERVAL + 0.4:
+            before = now_ns()
+            if holder.raised() and before >= lowered_by:
+                late.append(before - lowered_by)
+            if other.raised():
+                raised = time.monotonic()
+            time.sleep(0.0005)
+        assert not late, f"the holder stayed raised {max(late) / 1e6:.1f} ms past its lease"
+        assert raised is not None, "the other process never took over"
     watch.assert_no_overlap()
     assert raised - cut_at < 2 * INTERVAL + 0.4
     assert holder.raised() is False
