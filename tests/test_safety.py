@@ -51,7 +51,12 @@ def measure_handovers(dsn: str, make_flag: MakeFlag, interval: float) -> list[fl
     def contender(number: int) -> leadership.Flag:
         process = f"p{number}"
         flag = make_flag(
-            dsn, process, interval=interval, metrics_subsystem="test", metrics_registerer=registry
+            dsn,
+            process,
+            interval=interval,
+            timeout=0.5,  # connecting on a loaded machine can take longer than 0.15 s
+            metrics_subsystem="test",
+            metrics_registerer=registry,
         )
         # Wait for its first check to complete, so it is waiting on the row.
         assert wait_for(lambda: checks_done(registry, process) >= 1, 5) is not None
