@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .faults import KINDS
 from .report import summarise
-from .runner import Settings, run
+from .runner import Settings, load, run
 from .timeline import write
 
 
@@ -51,6 +51,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default="WARNING",
         help="log level of the contenders' flags (their logs go to WORKDIR/logs/*.err)",
     )
+    parser.add_argument(
+        "--reanalyse",
+        type=Path,
+        metavar="WORKDIR",
+        help="do not run: report again on an experiment kept with --workdir",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser.parse_args(argv)
 
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             print(text, flush=True)
 
     try:
-        experiment = run(settings, progress)
+        experiment = load(args.reanalyse) if args.reanalyse else run(settings, progress)
     except Exception:
         traceback.print_exc()
         return 2
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             write(experiment, args.svg, caption=caption)
     finally:
-        if args.workdir is None:
+        if args.workdir is None and args.reanalyse is None:
             shutil.rmtree(experiment.workdir, ignore_errors=True)
     return 1 if summary.failed else 0
 

@@ -6,14 +6,15 @@ Definitions (CLOCK_MONOTONIC; see :mod:`leadership.testing` for runs):
   (scheduler hiccups split runs; a tenure is what a human calls "held the flag").
 - A fault's instant is when the runner started it; for ``close`` it is the moment the
   victim called ``close()`` (its CLOSE mark).
-- The *holder* of a fault is the process whose tenure covers that instant (or ended
+- The *holder* of a fault is the process whose tenure may cover that instant (or ended
   less than ``TENURE_GAP`` before it). A fault aimed at another process does not
-  measure failover. The holder is *deposed* when its tenure ends before the fault's end
-  plus one interval and before the next fault starts; the *failover time* is then from
-  the fault's instant to the first tenure (of any process) starting after the holder's
-  ended, at the ``after`` reading of its first True call. When nobody held the flag at
-  the fault, the failover time runs to the next tenure's start. The *recovery time* is
-  the part of it after the fault ended (0 when a new holder came before the end).
+  measure failover. The holder is *deposed* when its tenure surely ends before the
+  fault's end plus one interval and before the next fault starts; the *failover time*
+  is then from the fault's instant to the first other tenure surely starting after the
+  holder's sure end (at the ``after`` reading of its first True call). When nobody held
+  the flag at the fault, the failover time runs to the next tenure's sure start. The
+  *recovery time* is the part of it after the fault ended (0 when a new holder came
+  before the end).
 - For ``stop`` and ``partition`` of a holder that another process replaced during the
   fault, *first after resume* is the result of the victim's first ``raised()`` call made
   after SIGCONT or after the partition healed (see ``History.first_call_after``).
@@ -43,12 +44,14 @@ GRACEFUL_GOAL_MS = 100.0
 
 @dataclass(frozen=True)
 class Tenure:
-    """One process holding the flag: possible start/end and sure start (ns)."""
+    """One process holding the flag (ns): possible start and end (``before`` of its first
+    True call, ``after`` of its last), and the sure part between them."""
 
     process: str
-    start: int  # before of the first True call
-    sure_start: int  # after of the first True call
-    end: int  # after of the last True call
+    start: int
+    sure_start: int
+    sure_end: int
+    end: int
 
 
 @dataclass(frozen=True)
@@ -68,17 +71,26 @@ class Outcome:
 
 
 def tenures(histories: Iterable[History], gap: int = TENURE_GAP) -> list[Tenure]:
-    """All tenures, sorted by start."""
+    """All tenures, sorted by start: runs of one process merged when the next run starts
+    within ``gap`` ns of the sure end of the previous one."""
     found: list[Tenure] = []
     for history in histories:
         current: Tenure | None = None
         for run in sorted(history.runs, key=lambda r: r.first_before):
-            if current is not None and run.first_before - current.end <= gap:
-                current = Tenure(current.process, current.start, current.sure_start, run.last_after)
+            if current is not None and run.first_before - current.sure_end <= gap:
+                current = Tenure(
+                    current.process,
+                    current.start,
+                    current.sure_start,
+                    max(current.sure_end, run.last_before),
+                    max(current.end, run.last_after),
+                )
                 continue
             if current is not None:
                 found.append(current)
-            current = Tenure(history.process, run.first_before, run.first_after, run.last_after)
+            current = Tenure(
+                history.process, run.first_before, run.first_after, run.last_before, run.last_after
+            )
         if current is not None:
             found.append(current)
     return sorted(found, key=lambda t: t.start)
@@ -112,17 +124,17 @@ def _outcome(
     failover: float | None = None
     recovery: float | None = None
     first_after: bool | None = None
-    if holder is None:
-        later = [t for t in all_tenures if t.sure_start >= instant]
-        if later:
-            failover = (later[0].sure_start - instant) / 1e6
-            recovery = max(0, later[0].sure_start - max(instant, fault.end)) / 1e6
-    elif aimed and holder.end <= min(fault.end + interval_ns, next_start):
+    after = instant
+    if holder is not None and aimed and holder.sure_end <= min(fault.end + interval_ns, next_start):
         deposed = True
-        later = [t for t in all_tenures if t.start > holder.end]
+        after = holder.sure_end
+    if holder is None or deposed:
+        later = [t.sure_start for t in all_tenures if t.sure_start > after and t is not holder]
         if later:
-            failover = (later[0].sure_start - instant) / 1e6
-            recovery = max(0, later[0].sure_start - max(instant, fault.end)) / 1e6
+            failover = (min(later) - instant) / 1e6
+            recovery = max(0, min(later) - max(instant, fault.end)) / 1e6
+    if deposed:
+        assert holder is not None
         if fault.kind in ("stop", "partition") and fault.victim in histories:
             replaced = any(
                 t.process != holder.process and instant <= t.sure_start <= fault.end

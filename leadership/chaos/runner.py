@@ -8,6 +8,8 @@ too. It returns the witness histories and the injected faults for :mod:`.report`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -27,7 +29,7 @@ from .cluster import Cluster
 from .faults import KINDS, Fault, FaultSpec, schedule
 from .proxy import Proxy, ProxyHub
 
-__all__ = ["Experiment", "Settings", "run"]
+__all__ = ["Experiment", "Settings", "load", "run", "save"]
 
 log = logging.getLogger("leadership.chaos")
 
@@ -457,4 +459,38 @@ def _run(settings: Settings, workdir: Path, say: Any) -> Experiment:
             admin.close()
     histories = {c.process: read_history(c.log, c.process) for c in fleet.all}
     slots = {c.process: c.slot for c in fleet.all}
-    return Experiment(settings, histories, slots, faults, start, end, workdir, notes)
+    experiment = Experiment(settings, histories, slots, faults, start, end, workdir, notes)
+    save(experiment)
+    return experiment
+
+
+def save(experiment: Experiment) -> Path:
+    """Write ``experiment.json`` (all but the histories, which are the logs) in the workdir."""
+    settings = dataclasses.asdict(experiment.settings)
+    settings["workdir"] = str(experiment.workdir)
+    data = {
+        "settings": settings,
+        "faults": [dataclasses.asdict(f) for f in experiment.faults],
+        "slots": experiment.slots,
+        "start": experiment.start,
+        "end": experiment.end,
+        "notes": experiment.notes,
+    }
+    path = experiment.workdir / "experiment.json"
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
+def load(workdir: Path) -> Experiment:
+    """Read back an experiment kept with ``--workdir``, to analyse it again."""
+    data = json.loads((workdir / "experiment.json").read_text())
+    fields = data["settings"]
+    fields["workdir"] = Path(fields["workdir"])
+    fields["kinds"] = tuple(fields["kinds"])
+    settings = Settings(**fields)
+    slots: dict[str, int] = data["slots"]
+    histories = {p: read_history(workdir / "logs" / f"{p}.log", p) for p in slots}
+    faults = [Fault(**f) for f in data["faults"]]
+    return Experiment(
+        settings, histories, slots, faults, data["start"], data["end"], workdir, data["notes"]
+    )

@@ -115,7 +115,7 @@ def render(experiment: Experiment, width: int = 1400, caption: str = "") -> str:
             y1 = lane_y(lanes[experiment.slots[previous.process]]) + 19
             y2 = lane_y(lanes[experiment.slots[tenure.process]]) + 19
             out.append(
-                f'<line x1="{x(previous.end):.1f}" y1="{y1}" x2="{x(tenure.sure_start):.1f}" '
+                f'<line x1="{x(previous.sure_end):.1f}" y1="{y1}" x2="{x(tenure.sure_start):.1f}" '
                 f'y2="{y2}" stroke="#999" stroke-width="0.7"/>'
             )
         previous = tenure
