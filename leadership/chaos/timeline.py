@@ -36,10 +36,13 @@ TOP = 40
 RIGHT = 20
 
 
-def render(experiment: Experiment, width: int = 1400, caption: str = "") -> str:
-    """The SVG document for ``experiment``; ``caption`` goes under the title."""
+def render(experiment: Experiment, width: int | None = None, caption: str = "") -> str:
+    """The SVG document for ``experiment``; ``caption`` goes under the title. The width
+    defaults to 1400 px, or 20 px per second for runs longer than a minute."""
     origin, end = experiment.start, experiment.end
     span = max(end - origin, 1)
+    if width is None:
+        width = max(1400, LEFT + RIGHT + int(span / 1e9 * 20))
     plot = width - LEFT - RIGHT
     slots = sorted(set(experiment.slots.values()))
     lanes = {slot: i + 1 for i, slot in enumerate(slots)}
@@ -159,5 +162,7 @@ def render(experiment: Experiment, width: int = 1400, caption: str = "") -> str:
     return "\n".join(out) + "\n"
 
 
-def write(experiment: Experiment, path: str | Path, width: int = 1400, caption: str = "") -> None:
+def write(
+    experiment: Experiment, path: str | Path, width: int | None = None, caption: str = ""
+) -> None:
     Path(path).write_text(render(experiment, width, caption))
