@@ -96,9 +96,13 @@ class Witness:
         """Append one record (one ``write``: a record is never torn by SIGKILL)."""
         os.write(self._fd, RECORD.pack(kind, first, second))
 
-    def watch(self, raised: Callable[[], bool]) -> None:
-        """Call ``raised()`` in a tight loop, recording runs and gaps, until ``stopping``."""
+    def watch(self, raised: Callable[[], bool], pause: float = 0.0) -> None:
+        """Call ``raised()`` in a tight loop, recording runs and gaps, until ``stopping``.
+
+        ``pause`` > 0 sleeps that many seconds between calls (a lighter, sampling witness).
+        """
         now = time.monotonic_ns
+        sleep = time.sleep
         fd = self._fd
         write = os.write
         pack = RECORD.pack
@@ -135,6 +139,8 @@ class Witness:
                 write(fd, pack(Kind.END, last_before, last_after))
                 in_run = False
             previous = before
+            if pause:
+                sleep(pause)
         if in_run:
             write(fd, pack(Kind.END, last_before, last_after))
 

@@ -52,6 +52,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="log level of the contenders' flags (their logs go to WORKDIR/logs/*.err)",
     )
     parser.add_argument(
+        "--witness-sleep",
+        type=float,
+        default=0.0,
+        help="seconds each witness sleeps between raised() calls (default 0: a tight loop, "
+        "one busy core per contender)",
+    )
+    parser.add_argument(
         "--reanalyse",
         type=Path,
         metavar="WORKDIR",
@@ -76,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         unsafe=args.unsafe,
         workdir=args.workdir,
         contender_log_level=args.contender_log_level,
+        witness_sleep=args.witness_sleep,
     )
 
     def progress(text: str) -> None:

@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jitter", type=float, default=0.2)
     parser.add_argument("--timeout", type=float, default=0.3)
     parser.add_argument("--max-gap", type=float, default=0.05, help="seconds (witness)")
+    parser.add_argument(
+        "--witness-sleep", type=float, default=0.0, help="seconds between calls (0: tight loop)"
+    )
     parser.add_argument("--switch-interval", type=float, default=0.001, help="GIL, seconds")
     parser.add_argument("--log-level", default="WARNING", help="of the flag's logger")
     parser.add_argument("--unsafe", action="store_true", help="cached boolean, no deadline")
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     witness.mark(Kind.BUILT, before, time.monotonic_ns())
     if os.getppid() != parent:
         return 1
-    witness.watch(flag.raised)
+    witness.watch(flag.raised, args.witness_sleep)
     before = time.monotonic_ns()
     flag.close()
     witness.mark(Kind.CLOSE, before, time.monotonic_ns())

@@ -57,6 +57,7 @@ class Settings:
     name: str = "chaos"
     workdir: Path | None = None
     contender_log_level: str = "WARNING"
+    witness_sleep: float = 0.0
 
     @property
     def witness_gap(self) -> float:
@@ -137,7 +138,7 @@ class Fleet:
             "--max-gap",
             str(s.witness_gap),
         ]
-        command += ["--log-level", s.contender_log_level]
+        command += ["--log-level", s.contender_log_level, "--witness-sleep", str(s.witness_sleep)]
         if s.unsafe:
             command.append("--unsafe")
         with open(self.logdir / f"{process}.err", "wb") as errors:
