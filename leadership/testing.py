@@ -17,15 +17,16 @@ of them).
 
 **Definite intervals.** A True call proves the flag was raised at some unknown instant
 between its ``before`` and ``after``. A run asserts it was held from that instant in its
-first call to that instant in its last call (calls at most ``max_gap`` apart). Whatever
-the unknown instants are, the run surely covers ``[first.after, last.before]`` and at
-most covers ``[first.before, last.after]``. Two runs *definitely overlap* when every
-choice of the unknown instants makes them intersect:
-``a.first_after <= b.last_before and b.first_after <= a.last_before``. The checker
-reports only definite overlaps, so a report is always a real violation, never an
-artefact of sampling or of a pause in the middle of a call; it still catches any stale
-True that lasts longer than one call. Availability is the measure of the union of the
-sure parts ``[first.after, last.before]`` over a window: a lower bound.
+first call to that instant in its last call: its calls are at most ``max_gap`` apart,
+less than a correct flag needs to change hands twice, so no other tenure fits between
+two of them. Whatever the unknown instants are, the run surely covers
+``[first.after, last.before]`` and at most covers ``[first.before, last.after]``. Two
+runs *definitely overlap* when every choice of the unknown instants makes them
+intersect: ``a.first_after <= b.last_before and b.first_after <= a.last_before``. The
+checker reports only definite overlaps, so a report is a real violation, never an
+artefact of sampling or of a pause in the middle of a call; it still catches a single
+True call made while another process surely held the flag. Availability is the measure
+of the union of the sure parts over a window: a lower bound.
 """
 
 from __future__ import annotations
