@@ -40,15 +40,19 @@ POSTGRES_READ = (
     f"SELECT name, holder, version, EXTRACT(EPOCH FROM now() - timestamp)::float8 FROM {TABLE}"
 )
 SQLITE_READ = f"SELECT name, holder, version, {NOW_EXPR} - timestamp FROM {TABLE}"
+POSTGRES_EXISTS = f"SELECT to_regclass('{TABLE}') IS NOT NULL"
+SQLITE_EXISTS = f"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '{TABLE}'"
 
 
 def _rows(
     store: PostgresStore | SqliteStore, name: str | None
 ) -> list[tuple[str, str, int, float]]:
     if isinstance(store, SqliteStore):
-        sql, mark = SQLITE_READ, "?"
+        sql, mark, exists = SQLITE_READ, "?", SQLITE_EXISTS
     else:
-        sql, mark = POSTGRES_READ, "%s"
+        sql, mark, exists = POSTGRES_READ, "%s", POSTGRES_EXISTS
+    if not store.query(exists)[0][0]:
+        return []  # no table yet: no flags (and the admin commands create nothing)
     if name is not None:
         sql += f" WHERE name = {mark}"
     rows = store.query(sql + " ORDER BY name", () if name is None else (name,))
@@ -59,7 +63,7 @@ def read_flags(
     handle: str, interval: float, timeout: float, name: str | None = None
 ) -> list[FlagRow]:
     """The rows of the flags table (only ``name``'s when given), sorted by name."""
-    store = open_store(handle, name or "", interval, timeout)
+    store = open_store(handle, name or "", interval, timeout, prepare=False)
     try:
         return [FlagRow(*row, interval=interval) for row in _rows(store, name)]
     finally:
@@ -73,7 +77,7 @@ def release_flag(handle: str, name: str, timeout: float) -> FlagRow | None:
     loses the flag at its next renewal; this is for holders known to be dead or stuck.
     Returns the row as it was, or None when there is no such flag.
     """
-    store = open_store(handle, name, 1.0, timeout)
+    store = open_store(handle, name, 1.0, timeout, prepare=False)
     try:
         before = _rows(store, name)
         if not before:

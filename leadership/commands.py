@@ -14,10 +14,18 @@ import logging
 import sys
 
 from .admin import FlagRow, read_flags, release_flag
-from .arguments import Commands, UsageError, add_flag_options, fraction, handle_of, seconds
+from .arguments import (
+    Commands,
+    UsageError,
+    add_flag_options,
+    count,
+    fraction,
+    handle_of,
+    seconds,
+)
 from .builder import new_flag
 from .errors import LeadershipError
-from .supervisor import Supervisor, max_grace
+from .supervisor import CommandNotStarted, Supervisor, max_grace
 from .timing import Timing
 
 __all__ = ["add_release", "add_run", "add_status"]
@@ -57,7 +65,7 @@ def add_run(commands: Commands) -> None:
         "that close to the end of its lease (default: 5 s or that limit if smaller)",
     )  # fmt: skip
     parser.add_argument(
-        "--metrics-port", type=int, metavar="PORT",
+        "--metrics-port", type=count(1, 65535), metavar="PORT",
         help="serve Prometheus metrics on this port while running",
     )  # fmt: skip
     parser.add_argument(
@@ -103,9 +111,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(args.metrics_port)
+        try:
+            start_http_server(args.metrics_port)
+        except OSError as error:
+            raise UsageError(f"--metrics-port {args.metrics_port}: {error.strerror}") from None
         builder.metrics_subsystem(args.metrics_subsystem)
-    return Supervisor(builder.build(), command, grace, logger).run()
+    try:
+        return Supervisor(builder.build(), command, grace, logger).run()
+    except CommandNotStarted as error:
+        print(f"leadership run: error: {error}", file=sys.stderr, flush=True)
+        return error.status
 
 
 def add_status(commands: Commands) -> None:

@@ -136,14 +136,23 @@ def _sqlite_path(handle: str) -> str:
 
 
 def open_store(
-    handle: str | Callable[[], Any], name: str, interval: float, timeout: float
+    handle: str | Callable[[], Any],
+    name: str,
+    interval: float,
+    timeout: float,
+    *,
+    prepare: bool = True,
 ) -> PostgresStore | SqliteStore:
-    """Connect to the handle's database and return a prepared store, or raise.
+    """Connect to the handle's database and return a store, or raise.
+
+    With ``prepare`` (the default) the table is created if missing and its schema checked.
 
     Raises ConfigurationError for a bad handle, StoreUnavailable when the database
     cannot be reached or refuses the connection, SchemaError for a bad table.
     """
     store = _store(handle, name, interval, timeout)
+    if not prepare:
+        return store
     try:
         store.prepare()
     except LeadershipError:

@@ -22,16 +22,19 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from .clock import now_ns
 from .deadman import DeadMan, die_with_parent
+from .errors import LeadershipError
 from .flag import Flag
 from .timing import SAFETY_MARGIN, Timing
 
-__all__ = ["EXIT_LOST", "Supervisor", "max_grace"]
+__all__ = ["EXIT_LOST", "CommandNotStarted", "Supervisor", "max_grace"]
 
 EXIT_LOST = 75
 """Exit status after leadership was lost while the command ran (EX_TEMPFAIL)."""
@@ -47,6 +50,44 @@ def max_grace(timing: Timing) -> float:
     timeout, so the lease never has less than ``0.9 I - I/2 (1 + j) - T`` left.
     """
     return timing.max_timeout - timing.timeout
+
+
+class CommandNotStarted(LeadershipError):
+    """The command could not be started; ``status`` is 127 (not found) or 126 (other)."""
+
+    def __init__(self, command: str, error: OSError) -> None:
+        super().__init__(f"cannot run {command!r}: {error.strerror or error}")
+        self.status = 127 if isinstance(error, FileNotFoundError) else 126
+
+
+class _GroupGuard:
+    """A separate process that SIGKILLs the command's process group if we die first.
+
+    It reads a pipe only this process can write: our death (even SIGKILL by the dead
+    man's switch) closes it, and the guard then kills the group, grandchildren included.
+    """
+
+    def __init__(self) -> None:
+        read, self._write = os.pipe()
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(Path(__file__).with_name("_groupguard.py")),
+                 str(read)],
+                pass_fds=(read,), start_new_session=True, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        finally:
+            os.close(read)
+
+    def watch(self, group: int) -> None:
+        os.write(self._write, f"{group}\n".encode())
+
+    def close(self) -> None:
+        """We end normally: the guard exits without killing anything."""
+        with contextlib.suppress(OSError):
+            os.write(self._write, b"done\n")
+        os.close(self._write)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(5)
 
 
 class Supervisor:
@@ -86,19 +127,29 @@ class Supervisor:
         while not flag.wait_raised(0.1):
             if self._signal is not None:
                 return 128 + self._signal
+        if self._signal is not None:  # arrived while the flag was being raised
+            return 128 + self._signal
         deadman = DeadMan()
+        guard = _GroupGuard()
         try:
-            return self._supervise(deadman)
+            return self._supervise(deadman, guard)
         finally:
+            guard.close()
             deadman.close()
 
-    def _supervise(self, deadman: DeadMan) -> int:
+    def _supervise(self, deadman: DeadMan, guard: _GroupGuard) -> int:
         flag = self._flag
         deadline = flag._deadline
         if not flag.raised():
             return EXIT_LOST
         deadman.arm(deadline + self._slack_ns)
-        child = subprocess.Popen(self._command, start_new_session=True, preexec_fn=die_with_parent)
+        try:
+            child = subprocess.Popen(
+                self._command, start_new_session=True, preexec_fn=die_with_parent
+            )
+        except OSError as error:
+            raise CommandNotStarted(self._command[0], error) from None
+        guard.watch(child.pid)
         self._logger.info(
             "flag %r raised: started %s (pid %d)", flag.name, self._command[0], child.pid
         )

@@ -423,11 +423,6 @@ def test_release_asks_for_confirmation_on_a_terminal(pg_dsn: str, flag_name: str
 # --- failures outside the database: still one line, never a traceback --------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a busy or out-of-range --metrics-port ends in a traceback "
-    "(OSError / OverflowError from start_http_server are not caught)",
-)
 def test_unusable_metrics_port_is_a_one_line_error(pg_dsn: str) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -445,11 +440,6 @@ def test_unusable_metrics_port_is_a_one_line_error(pg_dsn: str) -> None:
     assert_one_line_error(out_of_range, 2, "--metrics-port")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a command that cannot be started (missing, not executable) ends in a "
-    "traceback from subprocess.Popen after the flag was taken",
-)
 def test_command_that_cannot_start_is_one_line_and_the_flag_released(
     pg_dsn: str, flag_name: str, tmp_path: Path
 ) -> None:

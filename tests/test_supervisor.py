@@ -598,11 +598,6 @@ def test_deposed_command_is_gone_before_the_next_one_starts(
         assert released(pg_dsn, flag_name), read_row(pg_dsn, flag_name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: only the direct child has PR_SET_PDEATHSIG; when the dead man's switch kills "
-    "a frozen supervisor, the command's own children survive into the next holder's term",
-)
 def test_frozen_supervisors_grandchild_is_gone_before_the_next_command_starts(
     launcher: Launcher,
 ) -> None:
