@@ -19,8 +19,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
-
 import leadership
 from leadership import cli
 from tests.rows import put_row, read_row, run
