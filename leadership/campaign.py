@@ -59,6 +59,7 @@ class Campaign:
         self._stopping = False
         self._resign_for: float | None = None  # seconds to stand aside, when asked to
         self._mine = -1  # the version this instance last wrote and saw confirmed
+        self._stamp = 0.0  # its timestamp (database clock, Unix seconds)
         self._term = -1  # the version that started the current term
         self._in_flight = False  # a renewal of ``_mine`` may be landing right now
         self._reported = False  # raised state as last logged and counted
@@ -165,7 +166,9 @@ class Campaign:
         with self._lock:
             self._in_flight = self._mine >= 0
         try:
-            seen = self._store.check(self._name, self._process, self._mine, timing.interval)
+            seen = self._store.check(
+                self._name, self._process, self._mine, self._stamp, timing.interval
+            )
         except Exception as error:
             with self._lock:
                 self._in_flight = False
@@ -187,7 +190,7 @@ class Campaign:
                 # A lapsed lease ends the term even when the row stayed ours: callbacks
                 # saw it lowered, so work started before the lapse must be fenced off.
                 self._term = seen.version
-            self._mine = seen.version
+            self._mine, self._stamp = seen.version, seen.stamp
             self._in_flight = False
             if not self._stopping and self._resign_for is None:
                 self._lease._extend(started, self._timing.lease_ns)

@@ -49,7 +49,7 @@ EXPECTED = {
     "timestamp": ("timestamp with time zone",),
 }
 
-# Parameters: name, name, process, mine, interval, interval.
+# Parameters: name, name, process, mine, mine, stamp, stamp, interval, interval, interval.
 CHECK = f"""
 WITH previous AS (
     SELECT holder, version, timestamp FROM {TABLE} WHERE name = %s FOR UPDATE
@@ -58,11 +58,13 @@ WITH previous AS (
     VALUES (%s, %s, 0, now())
     ON CONFLICT (name) DO UPDATE
         SET holder = excluded.holder, version = f.version + 1, timestamp = now()
-        WHERE (f.holder = excluded.holder AND f.version = %s)
+        WHERE (f.holder = excluded.holder AND (f.version = %s OR (
+                   f.version = %s + 1 AND f.timestamp > to_timestamp(%s)
+                   AND f.timestamp <= to_timestamp(%s) + make_interval(secs => %s))))
            OR f.timestamp < now() - make_interval(secs => %s)
-    RETURNING f.version
+    RETURNING f.version, EXTRACT(EPOCH FROM f.timestamp)::float8 AS stamp
 )
-SELECT w.version, p.holder, p.version,
+SELECT w.version, w.stamp, p.holder, p.version,
        EXTRACT(EPOCH FROM p.timestamp + make_interval(secs => %s) - now())::float8
 FROM (SELECT 1) AS one
 LEFT JOIN written AS w ON true
@@ -163,11 +165,13 @@ class PostgresStore(ConnectedStore):
         if not self.query(NAME_IS_UNIQUE, ())[0][0]:
             raise SchemaError(f"table {TABLE}: column name is not a primary key or unique")
 
-    def check(self, name: str, process: str, mine: int, interval: float) -> Observation:
-        rows = self.query(CHECK, (name, name, process, mine, interval, interval))
-        written, holder, version, expires_in = rows[0]
+    def check(
+        self, name: str, process: str, mine: int, stamp: float, interval: float
+    ) -> Observation:
+        parameters = (name, name, process, mine, mine, stamp, stamp, interval, interval, interval)
+        written, written_stamp, holder, version, expires_in = self.query(CHECK, parameters)[0]
         if written is not None:
-            return Observation(True, process, int(written), interval)
+            return Observation(True, process, int(written), interval, float(written_stamp))
         return Observation(
             False,
             holder,

@@ -91,7 +91,9 @@ class SqliteStore(ConnectedStore):
                     f"table {TABLE}: column {column} has type {found}, expected {expected}"
                 )
 
-    def check(self, name: str, process: str, mine: int, interval: float) -> Observation:
+    def check(
+        self, name: str, process: str, mine: int, stamp: float, interval: float
+    ) -> Observation:
         def attempt(conn: Any) -> Observation:
             now = conn.execute(NOW).fetchone()[0]
             row = conn.execute(
@@ -102,15 +104,18 @@ class SqliteStore(ConnectedStore):
                     f"INSERT INTO {TABLE} (name, holder, version, timestamp) VALUES (?, ?, 0, ?)",
                     (name, process, now),
                 )
-                return Observation(True, process, 0, interval)
-            holder, version, stamp = row
-            if (holder == process and version == mine) or now - stamp > interval:
+                return Observation(True, process, 0, interval, now)
+            holder, version, written = row
+            ours = holder == process and (
+                version == mine or (version == mine + 1 and stamp < written <= stamp + interval)
+            )
+            if ours or now - written > interval:
                 conn.execute(
                     f"UPDATE {TABLE} SET holder = ?, version = ?, timestamp = ? WHERE name = ?",
                     (process, version + 1, now, name),
                 )
-                return Observation(True, process, version + 1, interval)
-            return Observation(False, holder, version, stamp + interval - now)
+                return Observation(True, process, version + 1, interval, now)
+            return Observation(False, holder, version, written + interval - now)
 
         result: Observation = self._transaction(attempt)
         return result

@@ -28,6 +28,8 @@ class Observation:
     holder: str | None
     version: int | None
     expires_in: float | None
+    stamp: float = 0.0
+    """When ``acquired``: the row's new timestamp, database clock, Unix seconds."""
 
 
 class Store(Protocol):
@@ -36,12 +38,17 @@ class Store(Protocol):
     def prepare(self) -> None:
         """Connect, create the table if missing and check its schema; raise on failure."""
 
-    def check(self, name: str, process: str, mine: int, interval: float) -> Observation:
+    def check(
+        self, name: str, process: str, mine: int, stamp: float, interval: float
+    ) -> Observation:
         """Acquire or renew in one statement.
 
-        The row is written when it is missing, when it carries ``process`` and version
-        ``mine`` (the version this instance last wrote; -1 for none), or when it is older
-        than ``interval`` seconds on the database clock.
+        The row is written when it is missing, when it is older than ``interval`` seconds
+        on the database clock, or when it carries ``process`` and either version ``mine``
+        (the version this instance last wrote, stamped ``stamp``; -1 for none) or version
+        ``mine + 1`` stamped after ``stamp`` but within ``interval`` of it. Only a renewal
+        of ``mine`` by this instance, whose reply was lost, can have written that row: any
+        other writer must wait for ``mine`` to expire first.
         """
 
     def release(self, name: str, process: str, version: int) -> None:
