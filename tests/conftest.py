@@ -22,7 +22,7 @@ import leadership
 from leadership.handles import pg8000_options
 from leadership.postgres_store import CREATE
 
-DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test?sslmode=disable"
 BASE_DSN = os.environ.get("LEADERSHIP_TEST_DSN", DEFAULT_DSN)
 
 
