@@ -139,7 +139,8 @@ def test_connection_blip_does_not_lower_the_flag(pg_dsn: str, make_flag: MakeFla
 
 def test_dsn_handle_reconnects_after_termination(pg_dsn: str, make_flag: MakeFlag) -> None:
     name = f"leadership-dsn-{uuid.uuid4().hex[:8]}"
-    flag = make_flag(f"{pg_dsn}?application_name={name}", "p1")
+    separator = "&" if "?" in pg_dsn else "?"
+    flag = make_flag(f"{pg_dsn}{separator}application_name={name}", "p1")
     assert flag.wait_raised(2)
     terminate = (
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s"
