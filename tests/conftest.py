@@ -22,6 +22,9 @@ import leadership
 from leadership.handles import pg8000_options
 from leadership.postgres_store import CREATE
 
+MakeFlag = Callable[..., leadership.Flag]
+"""The type of the ``make_flag`` fixture."""
+
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test?sslmode=disable"
 BASE_DSN = os.environ.get("LEADERSHIP_TEST_DSN", DEFAULT_DSN)
 

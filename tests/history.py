@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
+import pytest
+
 import leadership
 from leadership.clock import now_ns
 
@@ -80,3 +82,11 @@ def wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.0005
         if time.monotonic() - started > timeout:
             return None
         time.sleep(step)
+
+
+def wait_or_fail(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Like ``wait_for``, but fail the test (naming ``what``) after ``timeout``."""
+    took = wait_for(condition, timeout, step=0.002)
+    if took is None:
+        pytest.fail(f"not within {timeout} s: {what}")
+    return took

@@ -7,28 +7,18 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import TypeVar
 
-import pytest
-
 import leadership
-from leadership.postgres_store import CREATE
-from tests.conftest import execute
+from tests.conftest import MakeFlag, execute
 
-MakeFlag = Callable[..., leadership.Flag]
 T = TypeVar("T")
 
 TICK = 0.01
 MAX_GAP = 0.1
 """The longest pause between two ticks that still counts as a loop that was not blocked
 (ten ticks: generous on a shared machine, far below any blocking wait in these tests)."""
-
-
-@pytest.fixture(autouse=True)
-def flags_table(pg_dsn: str) -> None:
-    """The flags table, created up front: the one-off DDL need not fit the 150 ms test timeout."""
-    execute(pg_dsn, CREATE)
 
 
 class Ticker:

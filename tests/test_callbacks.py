@@ -8,7 +8,6 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,26 +16,8 @@ import pytest
 
 import leadership
 from leadership.handles import pg8000_options
-from leadership.postgres_store import CREATE
-from tests.conftest import admin_connect, execute
-
-MakeFlag = Callable[..., leadership.Flag]
-
-
-@pytest.fixture(autouse=True)
-def flags_table(pg_dsn: str) -> None:
-    """The flags table, created up front: the one-off DDL need not fit the 150 ms test timeout."""
-    execute(pg_dsn, CREATE)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``condition`` until it holds and return the seconds it took; fail after ``timeout``."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"not within {timeout} s: {what}")
-        time.sleep(0.002)
-    return time.monotonic() - started
+from tests.conftest import MakeFlag, admin_connect, execute
+from tests.history import wait_or_fail
 
 
 @dataclass(frozen=True)
@@ -106,7 +87,7 @@ def test_order_and_counts_across_a_handover(
     pg_dsn: str, make_flag: MakeFlag, flag_name: str
 ) -> None:
     a, calls_a = build(make_flag, pg_dsn, "a")
-    wait_for(lambda: calls_a.kinds() == ["raised"], 2.0, "a's on_raised")
+    wait_or_fail(lambda: calls_a.kinds() == ["raised"], 2.0, "a's on_raised")
     renewal_ids = {t.ident for t in threading.enumerate() if t.name == f"leadership {flag_name}"}
     b, calls_b = build(make_flag, pg_dsn, "b")
     renewal_ids |= {t.ident for t in threading.enumerate() if t.name == f"leadership {flag_name}"}
@@ -115,7 +96,7 @@ def test_order_and_counts_across_a_handover(
     assert calls_a.kinds() == ["raised"] and calls_b.kinds() == []
     a.close()
     assert calls_a.kinds() == ["raised", "lowered"], "close() returned before on_lowered"
-    wait_for(lambda: calls_b.kinds() == ["raised"], 2.0, "b's on_raised after a closed")
+    wait_or_fail(lambda: calls_b.kinds() == ["raised"], 2.0, "b's on_raised after a closed")
     b.close()
     assert calls_b.kinds() == ["raised", "lowered"]
     for recorder in (calls_a, calls_b):
@@ -132,16 +113,16 @@ def test_stolen_row_lowers_then_a_new_term_raises_again(
     pg_dsn: str, make_flag: MakeFlag, flag_name: str
 ) -> None:
     calls = build(make_flag, pg_dsn, "a")[1]
-    wait_for(lambda: calls.kinds() == ["raised"], 2.0, "on_raised")
+    wait_or_fail(lambda: calls.kinds() == ["raised"], 2.0, "on_raised")
     execute(
         pg_dsn,
         "UPDATE leadership_flags SET holder = 'thief', version = version + 1, "
         "timestamp = now() WHERE name = %s",
         (flag_name,),
     )
-    wait_for(lambda: calls.kinds() == ["raised", "lowered"], 1.5, "on_lowered after the theft")
+    wait_or_fail(lambda: calls.kinds() == ["raised", "lowered"], 1.5, "on_lowered after the theft")
     # The thief never renews: the row expires one interval after the theft.
-    wait_for(lambda: calls.kinds() == ["raised", "lowered", "raised"], 3.0, "raised again")
+    wait_or_fail(lambda: calls.kinds() == ["raised", "lowered", "raised"], 3.0, "raised again")
     first, second = calls.calls[0].token, calls.calls[2].token
     assert first is not None and second is not None and second > first + 1
     assert_off_the_renewal_thread(calls, flag_name)
@@ -151,14 +132,14 @@ def test_on_lowered_when_the_lease_runs_out_behind_a_locked_row(
     pg_dsn: str, make_flag: MakeFlag, flag_name: str
 ) -> None:
     a, calls = build(make_flag, pg_dsn, "a")
-    wait_for(lambda: calls.kinds() == ["raised"], 2.0, "on_raised")
+    wait_or_fail(lambda: calls.kinds() == ["raised"], 2.0, "on_raised")
     locker = admin_connect(pg_dsn)
     try:
         cursor = locker.cursor()
         cursor.execute("BEGIN")
         cursor.execute("SELECT 1 FROM leadership_flags WHERE name = %s FOR UPDATE", (flag_name,))
         locked = time.monotonic()
-        wait_for(lambda: calls.kinds() == ["raised", "lowered"], 2.0, "on_lowered")
+        wait_or_fail(lambda: calls.kinds() == ["raised", "lowered"], 2.0, "on_lowered")
         lowered = calls.calls[1]
         # The local lease (0.54 s) counts from before the last successful renewal.
         assert lowered.at - locked < 0.54 + 0.5, lowered.at - locked
@@ -168,7 +149,7 @@ def test_on_lowered_when_the_lease_runs_out_behind_a_locked_row(
         cursor.execute("ROLLBACK")
     finally:
         locker.close()
-    wait_for(lambda: calls.kinds() == ["raised", "lowered", "raised"], 2.0, "raised again")
+    wait_or_fail(lambda: calls.kinds() == ["raised", "lowered", "raised"], 2.0, "raised again")
     assert a.raised()
     assert_off_the_renewal_thread(calls, flag_name)
 
@@ -188,7 +169,7 @@ def test_on_lowered_when_the_connection_factory_starts_failing(
         return pg8000.dbapi.connect(**options)
 
     a, calls = build(make_flag, pg_dsn, "a", handle=connect)
-    wait_for(lambda: calls.kinds() == ["raised"], 2.0, "on_raised")
+    wait_or_fail(lambda: calls.kinds() == ["raised"], 2.0, "on_raised")
     failing.set()
     broken = time.monotonic()
     terminated = execute(
@@ -197,12 +178,12 @@ def test_on_lowered_when_the_connection_factory_starts_failing(
         (application,),
     )
     assert terminated == [[True]]
-    wait_for(lambda: calls.kinds() == ["raised", "lowered"], 2.0, "on_lowered")
+    wait_or_fail(lambda: calls.kinds() == ["raised", "lowered"], 2.0, "on_lowered")
     assert calls.calls[1].at - broken < 0.54 + 0.5
     assert not a.raised()
     assert any(at > broken for at in attempts), "the flag never tried to reconnect"
     failing.clear()
-    wait_for(lambda: calls.kinds() == ["raised", "lowered", "raised"], 2.0, "raised again")
+    wait_or_fail(lambda: calls.kinds() == ["raised", "lowered", "raised"], 2.0, "raised again")
     assert_off_the_renewal_thread(calls, flag_name)
 
 

@@ -15,16 +15,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import leadership
 from leadership import cli
+from tests.conftest import MakeFlag
 from tests.rows import put_row, read_row, run
 from tests.tcp_proxy import TcpProxy
 
-MakeFlag = Callable[..., leadership.Flag]
 TIMEOUT = 30.0
 """Bound on any one command's run time (they take well under a second when idle)."""
 

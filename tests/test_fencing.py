@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,32 +22,13 @@ from prometheus_client import CollectorRegistry
 
 import leadership
 from leadership.handles import pg8000_options
-from leadership.postgres_store import CREATE
-from tests.conftest import admin_connect, execute
-
-MakeFlag = Callable[..., leadership.Flag]
-
-
-@pytest.fixture(autouse=True)
-def flags_table(pg_dsn: str) -> None:
-    """The flags table, created up front: the one-off DDL need not fit the 150 ms test timeout."""
-    execute(pg_dsn, CREATE)
-
+from tests.conftest import MakeFlag, admin_connect, execute
+from tests.history import wait_or_fail
 
 STEAL = (
     "UPDATE leadership_flags SET holder = %s, version = version + 1, timestamp = now() "
     "WHERE name = %s"
 )
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``condition`` until it holds and return the seconds it took; fail after ``timeout``."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"not within {timeout} s: {what}")
-        time.sleep(0.002)
-    return time.monotonic() - started
 
 
 def row_version(dsn: str, name: str) -> int:
@@ -187,7 +168,7 @@ def test_no_takeover_commits_while_a_guarded_transaction_is_open(
         conn.commit()  # the guarded transaction ends: the same takeover goes through now
         cursor.execute(STEAL, ("thief", flag_name))
         assert row_version(pg_dsn, flag_name) > token
-        wait_for(lambda: not holder.raised(), 1.0, "the holder sees the theft")
+        wait_or_fail(lambda: not holder.raised(), 1.0, "the holder sees the theft")
     finally:
         conn.close()
         thief.close()

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 import leadership
-from tests.conftest import execute
+from tests.conftest import MakeFlag, execute
 from tests.connections import ConnectionFactory
 from tests.history import OverlapWatch, wait_for
 from tests.rows import Row, create_table, is_sqlite, read_row, read_rows, run
 
-MakeFlag = Callable[..., leadership.Flag]
 INTERVAL = 0.6
 
 NASTY = [

@@ -5,19 +5,17 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-import leadership
+from tests.conftest import MakeFlag
 from tests.connections import ConnectionFactory
 from tests.history import wait_for
 from tests.rows import create_table, is_sqlite, sqlite_path, steal
 from tests.tcp_proxy import TcpProxy
 
-MakeFlag = Callable[..., leadership.Flag]
 SUBSYSTEM = "background_tasks"
 STATE = "background_tasks_leadership_flag_state"
 TRANSITIONS = "background_tasks_leadership_flag_transitions_total"

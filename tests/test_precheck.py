@@ -6,21 +6,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
 import leadership
-from leadership.postgres_store import CREATE
-from tests.conftest import execute
-
-MakeFlag = Callable[..., leadership.Flag]
-
-
-@pytest.fixture(autouse=True)
-def flags_table(pg_dsn: str) -> None:
-    """The flags table, created up front: the one-off DDL need not fit the 150 ms test timeout."""
-    execute(pg_dsn, CREATE)
+from tests.conftest import MakeFlag, execute
 
 
 class Switch:

@@ -5,24 +5,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-import leadership
-from leadership.postgres_store import CREATE
-from tests.conftest import execute
+from tests.conftest import MakeFlag, execute
 
 psycopg = pytest.importorskip("psycopg", reason="psycopg 3 is an optional test dependency")
-
-MakeFlag = Callable[..., leadership.Flag]
-
-
-@pytest.fixture(autouse=True)
-def flags_table(pg_dsn: str) -> None:
-    """The flags table, created up front: the one-off DDL need not fit the 150 ms test timeout."""
-    execute(pg_dsn, CREATE)
 
 
 class Factory:

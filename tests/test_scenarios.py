@@ -16,11 +16,11 @@ import pytest
 
 import leadership
 from leadership.clock import now_ns
+from tests.conftest import MakeFlag
 from tests.connections import ConnectionFactory
 from tests.history import OverlapWatch, wait_for
 from tests.rows import put_row, read_row, run, steal
 
-MakeFlag = Callable[..., leadership.Flag]
 INTERVAL = 0.6
 EPSILON = 0.005
 """Seconds of slack between the test's clock readings and the database's (same host)."""

@@ -29,12 +29,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-import leadership
-from tests.conftest import execute
+from tests.conftest import MakeFlag, execute
 from tests.rows import create_table, read_row, steal
 from tests.tcp_proxy import TcpProxy
-
-MakeFlag = Callable[..., leadership.Flag]
 
 INTERVAL = 2.0
 TIMING = ("--interval", "2", "--jitter", "0.1", "--timeout", "0.3")

@@ -13,26 +13,8 @@ import pytest
 
 import leadership
 from leadership.handles import pg8000_options
-from leadership.postgres_store import CREATE
-from tests.conftest import execute
-
-MakeFlag = Callable[..., leadership.Flag]
-
-
-@pytest.fixture(autouse=True)
-def flags_table(pg_dsn: str) -> None:
-    """The flags table, created up front: the one-off DDL need not fit the 150 ms test timeout."""
-    execute(pg_dsn, CREATE)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``condition`` until it holds and return the seconds it took; fail after ``timeout``."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"not within {timeout} s: {what}")
-        time.sleep(0.002)
-    return time.monotonic() - started
+from tests.conftest import MakeFlag
+from tests.history import wait_or_fail
 
 
 class Waiter:
@@ -181,7 +163,7 @@ def test_wait_raised_adds_no_database_traffic(
     waited_log: list[str] = []
     make_flag(pg_dsn, "plain", handle=counting_factory(driver, pg_dsn, plain_log))
     waited = make_flag(pg_dsn, "waited", handle=counting_factory(driver, pg_dsn, waited_log))
-    wait_for(lambda: len(plain_log) > 0 and len(waited_log) > 0, 2.0, "first statements")
+    wait_or_fail(lambda: len(plain_log) > 0 and len(waited_log) > 0, 2.0, "first statements")
     time.sleep(0.1)  # past set-up and the first checks of both
     waiter = Waiter(waited, timeout=None)
     plain_before, waited_before = len(plain_log), len(waited_log)
