@@ -41,6 +41,7 @@ class CachedFlag:
         self._name, self._process, self._interval = name, process, interval
         self._cached = False
         self._mine = -1
+        self._stamp = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -51,9 +52,12 @@ class CachedFlag:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                seen = self._store.check(self._name, self._process, self._mine, self._interval)
+                seen = self._store.check(
+                    self._name, self._process, self._mine, self._stamp, self._interval
+                )
                 self._cached = seen.acquired
                 self._mine = seen.version if seen.acquired and seen.version is not None else -1
+                self._stamp = seen.stamp
             except Exception:
                 self._cached = False
             self._stop.wait(jittered(self._interval / 2, 0.2))
