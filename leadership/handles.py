@@ -161,6 +161,8 @@ def open_store(
     except Exception as error:
         store.close()
         raise StoreUnavailable(f"cannot use the database: {describe_error(error)}") from None
+    if callable(handle) and isinstance(store, SqliteStore):
+        store.close()  # sqlite3 connections may be bound to this thread: the flag's opens its own
     return store
 
 
