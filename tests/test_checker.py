@@ -197,8 +197,11 @@ def test_histories_are_read_with_their_process_names(tmp_path: Path) -> None:
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_unsafe_cached_flag_is_caught_by_a_chaos_run(tmp_path: Path) -> None:
-    if missing_tools():
-        pytest.skip(str(missing_tools()))
+    reason = missing_tools()
+    if reason:
+        if os.environ.get("LEADERSHIP_REQUIRE_POSTGRES"):
+            pytest.fail(reason + " (LEADERSHIP_REQUIRE_POSTGRES is set)")
+        pytest.skip(reason)
     result = launch(
         ["--unsafe", "--kinds", "stop", "--holder-bias", "1", "--seconds", "9", "--seed", "7"],
         tmp_path,
