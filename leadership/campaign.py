@@ -24,6 +24,9 @@ __all__ = ["Campaign"]
 WAKE_AFTER_EXPIRY = 0.002
 """Seconds a waiting instance adds to the row's expiry before trying to take it."""
 
+FIRST_RETRY = 0.005
+"""Seconds before the first retry after a failed check (later ones: interval/10)."""
+
 
 class Campaign:
     """Runs the checks of one flag on a daemon thread until ``stop()``.
@@ -65,6 +68,7 @@ class Campaign:
         self._reported = False  # raised state as last logged and counted
         self._duplicate_reported = False
         self._precheck_refused = False
+        self._failures = 0  # consecutive failed checks
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
@@ -176,7 +180,11 @@ class Campaign:
                 self._metrics.check_failed()
             self._logger.error("flag %r: check failed: %s", self._name, describe_error(error))
             self._report()
+            self._failures += 1
+            if self._failures == 1:  # often a dropped connection: reconnect at once
+                return FIRST_RETRY
             return jittered(timing.retry_every, timing.jitter)
+        self._failures = 0
         if self._metrics:
             self._metrics.check_took((now_ns() - started) / 1e9)
         if seen.acquired:

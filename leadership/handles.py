@@ -150,7 +150,12 @@ def open_store(
     Raises ConfigurationError for a bad handle, StoreUnavailable when the database
     cannot be reached or refuses the connection, SchemaError for a bad table.
     """
-    store = _store(handle, name, interval, timeout)
+    try:
+        store = _store(handle, name, interval, timeout)
+    except LeadershipError:
+        raise
+    except Exception as error:  # the first connection failed while being set up
+        raise StoreUnavailable(f"cannot use the database: {describe_error(error)}") from None
     if not prepare:
         return store
     try:

@@ -132,8 +132,9 @@ class PostgresStore(ConnectedStore):
         """Run one statement (autocommit); return its rows; reconnect next time after a failure."""
         try:
             rows = self._execute(self._connection(), sql, params)
-        except BaseException:
-            self._reset()
+        except BaseException as error:
+            if not _connection_survives(error):
+                self._reset()
             raise
         notifications = getattr(self._conn, "notifications", None)
         if notifications is not None:  # pg8000 keeps them; waking was their only use
@@ -228,3 +229,11 @@ def _named_placeholders(sql: str) -> str:
     return "".join(
         part + (f":p{next(numbers)}" if i < len(parts) - 1 else "") for i, part in enumerate(parts)
     )
+
+
+def _connection_survives(error: BaseException) -> bool:
+    """True for an ordinary SQL error reported by the server (read-only transaction,
+    statement timeout, lock timeout...): the connection stays usable. Anything else
+    (network, protocol, server shutdown or termination) means reconnecting."""
+    state = _sqlstate(error)
+    return state is not None and not state.startswith(("08", "57P", "53", "58", "XX"))

@@ -97,7 +97,11 @@ class ConnectedStore:
         self._connect = connect
         self._conn: Any = None
         if first is not None:
-            self._setup(first)
+            try:
+                self._setup(first)
+            except BaseException:
+                _close_quietly(first)
+                raise
             self._conn = first
 
     def _setup(self, conn: Any) -> None:

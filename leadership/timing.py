@@ -5,7 +5,8 @@ All durations are seconds (float). With interval ``I``, jitter ``j`` and timeout
 - another process may take the flag once the database clock says the row is older than ``I``;
 - the holder's local lease ends ``SAFETY_MARGIN * I`` earlier, counted from the lease-clock
   reading taken *before* the renewal that succeeded was sent;
-- the holder renews every ``I/2`` (+/- ``j``), retries every ``I/10`` (+/- ``j``) after an error;
+- the holder renews every ``I/2`` (+/- ``j``); after an error it retries at once (5 ms:
+  usually a dropped connection), then every ``I/10`` (+/- ``j``);
 - rule: ``T <= I * (1 - SAFETY_MARGIN) - I/2 * (1 + j)``, so the first renewal, even when it
   starts as late as the jitter allows and takes its whole timeout, ends before the local lease.
 """
