@@ -63,12 +63,12 @@ import db_cost  # noqa: E402
 import hot_path  # noqa: E402
 import latency  # noqa: E402
 import memory_cost  # noqa: E402
-import pg8000.dbapi  # noqa: E402
 from baseline_build import load_baseline  # noqa: E402
 
 import leadership  # noqa: E402
 from leadership import _clock_py  # noqa: E402
-from leadership.handles import pg8000_options, redact  # noqa: E402
+from leadership.admin import run_sql  # noqa: E402
+from leadership.handles import redact  # noqa: E402
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 TOLERANCE = 1.3
@@ -175,28 +175,12 @@ def _read(path: str) -> str:
         return "unknown"
 
 
-def _admin(dsn: str) -> Any:
-    conn = pg8000.dbapi.connect(**pg8000_options(dsn, timeout=10))
-    conn.autocommit = True
-    return conn
-
-
-def _sql(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    conn = _admin(dsn)
-    try:
-        cursor = conn.cursor()
-        cursor.execute(sql, params)
-        return list(cursor.fetchall()) if cursor.description else []
-    finally:
-        conn.close()
-
-
 @contextmanager
 def scratch_database(dsn: str) -> Iterator[str]:
     """A throwaway database on the server of ``dsn`` (or ``dsn`` itself without CREATEDB)."""
     database = f"leadership_bench_{uuid.uuid4().hex[:12]}"
     try:
-        _sql(dsn, f'CREATE DATABASE "{database}"')
+        run_sql(dsn, f'CREATE DATABASE "{database}"')
     except Exception:
         yield dsn
         return
@@ -204,7 +188,7 @@ def scratch_database(dsn: str) -> Iterator[str]:
     try:
         yield urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, ""))
     finally:
-        _sql(dsn, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        run_sql(dsn, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
 def _build(dsn: str, name: str, process: str) -> leadership.Flag:
@@ -289,7 +273,7 @@ def section_hot_path(report: Report, mode: Mode, dsn: str) -> None:
         }
         still()
         version = "SELECT version FROM leadership_flags WHERE name = %s"
-        before = _sql(dsn, version, (name,))[0][0]
+        before = run_sql(dsn, version, (name,))[0][0]
         scaling = {
             key: hot_path.thread_scaling(
                 statement, namespace, threads=4, number=mode.thread_number,
@@ -297,7 +281,7 @@ def section_hot_path(report: Report, mode: Mode, dsn: str) -> None:
             )
             for key, statement in (("raised", "flag.raised()"), ("noop", "noop.noop()"))
         }  # fmt: skip
-        renewals = _sql(dsn, version, (name,))[0][0] - before
+        renewals = run_sql(dsn, version, (name,))[0][0] - before
         still()
     finally:
         if waiter is not None:

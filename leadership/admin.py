@@ -7,13 +7,16 @@ same value the contenders use) to compute the time left on each lease.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from .handles import open_store
+import pg8000.dbapi
+
+from .handles import open_store, pg8000_options
 from .postgres_store import PostgresStore, channel_for
 from .sqlite_store import NOW_EXPR, SqliteStore
 from .store import TABLE
 
-__all__ = ["FlagRow", "read_flags", "release_flag"]
+__all__ = ["FlagRow", "connect_autocommit", "read_flags", "release_flag", "run_sql"]
 
 
 @dataclass(frozen=True)
@@ -95,3 +98,21 @@ def release_flag(handle: str, name: str, timeout: float) -> FlagRow | None:
         return FlagRow(*before[0], interval=0.0)
     finally:
         store.close()
+
+
+def connect_autocommit(dsn: str, timeout: float = 10.0) -> Any:
+    """A pg8000 DB-API connection to a PostgreSQL DSN, in autocommit mode (for tooling)."""
+    conn = pg8000.dbapi.connect(**pg8000_options(dsn, timeout))
+    conn.autocommit = True
+    return conn
+
+
+def run_sql(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """Run one statement (``%s`` placeholders) on a fresh connection; return its rows."""
+    conn = connect_autocommit(dsn)
+    try:
+        cursor = conn.cursor()
+        cursor.execute(sql, params)
+        return list(cursor.fetchall()) if cursor.description else []
+    finally:
+        conn.close()

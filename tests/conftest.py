@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import pg8000.dbapi
 import pytest
 from prometheus_client import CollectorRegistry
 
 import leadership
-from leadership.handles import pg8000_options
+from leadership.admin import connect_autocommit, run_sql
 from leadership.postgres_store import CREATE
 
 MakeFlag = Callable[..., leadership.Flag]
@@ -36,22 +35,10 @@ def pytest_report_header() -> list[str]:
     ]
 
 
-def admin_connect(dsn: str) -> Any:
-    """A pg8000 DB-API connection in autocommit mode (for test set-up only)."""
-    conn = pg8000.dbapi.connect(**pg8000_options(dsn, timeout=10))
-    conn.autocommit = True
-    return conn
-
-
-def execute(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    """Run one statement on a fresh connection; return its rows."""
-    conn = admin_connect(dsn)
-    try:
-        cursor = conn.cursor()
-        cursor.execute(sql, params)
-        return list(cursor.fetchall()) if cursor.description else []
-    finally:
-        conn.close()
+admin_connect = connect_autocommit
+"""A pg8000 DB-API connection in autocommit mode (for test set-up only)."""
+execute = run_sql
+"""Run one statement on a fresh connection; return its rows."""
 
 
 def _with_database(dsn: str, database: str) -> str:
