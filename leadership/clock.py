@@ -2,8 +2,8 @@
 
 The compiled :mod:`leadership._clock` is used unless ``LEADERSHIP_NO_EXTENSIONS``
 is set to a non-empty value or the extension cannot be imported; then the
-pure-Python twin :mod:`leadership._clock_py` is. ``IMPLEMENTATION`` says which
-("compiled" or "python").
+pure-Python twin :mod:`leadership._clock_py` is, with a RuntimeWarning when the
+extension was expected but missing. ``IMPLEMENTATION`` says which ("compiled" or "python").
 """
 
 from __future__ import annotations
@@ -18,5 +18,15 @@ if TYPE_CHECKING or os.environ.get("LEADERSHIP_NO_EXTENSIONS"):
 else:
     try:
         from ._clock import IMPLEMENTATION, Lease, jittered, now_ns
-    except ImportError:  # pragma: no cover - depends on the install
+    except ImportError as error:  # pragma: no cover - depends on the install
+        import warnings
+
         from ._clock_py import IMPLEMENTATION, Lease, jittered, now_ns
+
+        warnings.warn(
+            f"leadership: the compiled lease clock is not available ({error}); using the "
+            "pure-Python twin, whose raised() is about 3x slower. Reinstall with a C compiler, "
+            "or set LEADERSHIP_NO_EXTENSIONS=1 to choose the pure twin knowingly.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
