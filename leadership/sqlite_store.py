@@ -9,6 +9,7 @@ as it is free.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -53,7 +54,16 @@ class SqliteStore(ConnectedStore):
     def _setup(self, conn: Any) -> None:
         conn.isolation_level = None  # we open our own transactions
         conn.execute(f"PRAGMA busy_timeout = {self._timeout_ms}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        # Switching to WAL needs a lock SQLite's busy handler does not wait for: retry.
+        give_up = time.monotonic() + self._timeout_ms / 1000
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError:
+                if time.monotonic() > give_up:
+                    raise
+                time.sleep(0.005)
 
     def _transaction(self, work: Callable[[Any], Any]) -> Any:
         try:
@@ -71,8 +81,12 @@ class SqliteStore(ConnectedStore):
             raise
 
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        """Run one statement in its own transaction; return its rows."""
-        rows: list[Any] = self._transaction(lambda conn: conn.execute(sql, params).fetchall())
+        """Run one statement (its own transaction, as autocommit runs it); return its rows."""
+        try:
+            rows: list[Any] = self._connection().execute(sql, params).fetchall()
+        except BaseException:
+            self._reset()
+            raise
         return rows
 
     def prepare(self) -> None:
