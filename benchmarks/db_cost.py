@@ -28,7 +28,7 @@ from scratch_cluster import ScratchCluster
 from wire_counter import WireCounter, WireCounts
 
 import leadership
-from leadership.handles import pg8000_options
+from leadership.dsn import pg8000_options
 
 __all__ = ["GO_ANCESTOR_ROUND_TRIPS", "RoleCost", "measure"]
 

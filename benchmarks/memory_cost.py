@@ -61,7 +61,7 @@ def _child(dsn: str, prefix: str, count: int, handle_kind: str) -> None:
     import prometheus_client  # noqa: F401
 
     import leadership
-    from leadership.handles import pg8000_options
+    from leadership.dsn import pg8000_options
 
     options = {**pg8000_options(dsn, TIMEOUT), "ssl_context": False}
 

@@ -68,7 +68,7 @@ from baseline_build import load_baseline  # noqa: E402
 import leadership  # noqa: E402
 from leadership import _clock_py  # noqa: E402
 from leadership.admin import run_sql  # noqa: E402
-from leadership.handles import redact  # noqa: E402
+from leadership.dsn import redact  # noqa: E402
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 TOLERANCE = 1.3

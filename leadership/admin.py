@@ -11,7 +11,8 @@ from typing import Any
 
 import pg8000.dbapi
 
-from .handles import open_store, pg8000_options
+from .backends import open_store
+from .dsn import pg8000_options
 from .postgres_store import PostgresStore, channel_for
 from .sqlite_store import NOW_EXPR, SqliteStore
 from .store import TABLE

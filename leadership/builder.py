@@ -11,9 +11,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from .backends import open_store
 from .errors import ConfigurationError
 from .flag import Flag
-from .handles import open_store
 from .metrics import FlagMetrics
 from .timing import Timing, seconds
 

@@ -32,11 +32,12 @@ from types import FrameType
 from typing import Any
 from urllib.parse import quote
 
+from .backends import open_store
 from .builder import new_flag
 from .clock import IMPLEMENTATION
+from .dsn import redact
 from .errors import ConfigurationError
 from .flag import Flag
-from .handles import open_store, redact
 from .timing import Timing
 
 __all__ = ["DemoOptions", "run_demo"]

@@ -31,7 +31,7 @@ BASE_DSN = os.environ.get("LEADERSHIP_TEST_DSN", DEFAULT_DSN)
 def pytest_report_header() -> list[str]:
     return [
         f"leadership implementation: {leadership.IMPLEMENTATION}",
-        f"PostgreSQL for tests: {leadership.handles.redact(BASE_DSN)}",
+        f"PostgreSQL for tests: {leadership.dsn.redact(BASE_DSN)}",
     ]
 
 
@@ -52,7 +52,7 @@ def pg_dsn() -> Iterator[str]:
     try:
         execute(BASE_DSN, "SELECT 1")
     except Exception as error:
-        reason = f"PostgreSQL at {leadership.handles.redact(BASE_DSN)} unreachable: {error}"
+        reason = f"PostgreSQL at {leadership.dsn.redact(BASE_DSN)} unreachable: {error}"
         if os.environ.get("LEADERSHIP_REQUIRE_POSTGRES"):
             pytest.fail(reason + " (LEADERSHIP_REQUIRE_POSTGRES is set)")
         pytest.skip(reason)

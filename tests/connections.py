@@ -10,7 +10,7 @@ from typing import Any
 
 import pg8000.dbapi
 
-from leadership.handles import pg8000_options
+from leadership.dsn import pg8000_options
 from tests.conftest import execute
 from tests.rows import is_sqlite, sqlite_path
 

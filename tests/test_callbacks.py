@@ -15,7 +15,7 @@ import pg8000.dbapi
 import pytest
 
 import leadership
-from leadership.handles import pg8000_options
+from leadership.dsn import pg8000_options
 from tests.conftest import MakeFlag, admin_connect, execute
 from tests.history import wait_or_fail
 

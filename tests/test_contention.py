@@ -31,7 +31,7 @@ def worker(dsn: str, flag: str, table: str, process: str, seconds: float, out: P
     import pg8000.dbapi
 
     import leadership
-    from leadership.handles import pg8000_options
+    from leadership.dsn import pg8000_options
 
     conn = pg8000.dbapi.connect(**pg8000_options(dsn, timeout=10))
     conn.autocommit = True

@@ -21,7 +21,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import leadership
-from leadership.handles import pg8000_options
+from leadership.dsn import pg8000_options
 from tests.conftest import MakeFlag, admin_connect, execute
 from tests.history import wait_or_fail
 
@@ -180,7 +180,7 @@ import sys
 import pg8000.dbapi
 
 import leadership
-from leadership.handles import pg8000_options
+from leadership.dsn import pg8000_options
 
 dsn, name, table = sys.argv[1:4]
 flag = (

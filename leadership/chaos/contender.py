@@ -22,9 +22,9 @@ import time
 from typing import Any
 
 import leadership
+from leadership.backends import open_store
 from leadership.clock import jittered
 from leadership.errors import StoreUnavailable
-from leadership.handles import open_store
 from leadership.testing import Kind, Witness
 
 __all__ = ["CachedFlag", "main"]

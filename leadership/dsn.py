@@ -1,35 +1,29 @@
-"""Turn a flag's handle (a DSN or a connection factory) into a store.
+"""Parse handles given as text: PostgreSQL DSNs (for pg8000) and SQLite URLs.
 
-Accepted handles:
-
-- ``postgresql://`` or ``postgres://`` DSN: PostgreSQL through pg8000. Query parameters
-  ``sslmode`` (disable, allow, prefer: no TLS; require: TLS without certificate checks;
-  verify-ca; verify-full), ``sslrootcert``, ``sslcert``, ``sslkey``, ``host`` (a directory
-  means a Unix socket), ``port``, ``user``, ``password``, ``dbname``, ``application_name``
-  and ``connect_timeout``. Without a host, the Unix socket in /var/run/postgresql is used
-  when it exists, else localhost.
+- ``postgresql://`` or ``postgres://``: query parameters ``sslmode`` (``disable``: no TLS;
+  ``allow``, ``prefer`` (the default): TLS without certificate checks when the server
+  offers it, else plain; ``require``: TLS without certificate checks unless
+  ``sslrootcert`` is given; ``verify-ca``; ``verify-full``), ``sslrootcert``, ``sslcert``,
+  ``sslkey``, ``host`` (a directory means a Unix socket), ``port``, ``user``,
+  ``password``, ``dbname``, ``application_name`` and ``connect_timeout``. Without a host,
+  the Unix socket in /var/run/postgresql is used when it exists, else localhost.
 - ``sqlite:///relative/file.db`` or ``sqlite:////absolute/file.db`` (the SQLAlchemy
   convention): an SQLite file shared by processes on one host.
-- A zero-argument callable returning a DB-API 2.0 connection (sqlite3, pg8000, psycopg,
-  ...). It is called again to reconnect after failures.
+
+Every error names the handle with its password redacted.
 """
 
 from __future__ import annotations
 
 import getpass
 import os
-import sqlite3
 import ssl
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-from .errors import ConfigurationError, LeadershipError, StoreUnavailable
-from .postgres_store import PostgresStore
-from .sqlite_store import SqliteStore
-from .store import describe_error
+from .errors import ConfigurationError
 
-__all__ = ["open_store", "pg8000_options", "redact"]
+__all__ = ["POSTGRES_SCHEMES", "pg8000_options", "redact", "scheme_of", "sqlite_path"]
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 QUERY_KEYS = {
@@ -122,7 +116,7 @@ def _ssl_context(query: dict[str, str], shown: str) -> ssl.SSLContext | bool | N
     return context
 
 
-def _sqlite_path(handle: str) -> str:
+def sqlite_path(handle: str) -> str:
     rest = handle[len("sqlite://") :]
     if rest in ("", "/", ":memory:", "/:memory:") or "mode=memory" in rest:
         raise ConfigurationError(
@@ -135,89 +129,6 @@ def _sqlite_path(handle: str) -> str:
     return unquote(rest[1:])
 
 
-def open_store(
-    handle: str | Callable[[], Any],
-    name: str,
-    interval: float,
-    timeout: float,
-    *,
-    prepare: bool = True,
-) -> PostgresStore | SqliteStore:
-    """Connect to the handle's database and return a store, or raise.
-
-    With ``prepare`` (the default) the table is created if missing and its schema checked.
-
-    Raises ConfigurationError for a bad handle, StoreUnavailable when the database
-    cannot be reached or refuses the connection, SchemaError for a bad table.
-    """
-    try:
-        store = _store(handle, name, interval, timeout)
-    except LeadershipError:
-        raise
-    except Exception as error:  # the first connection failed while being set up
-        raise StoreUnavailable(f"cannot use the database: {describe_error(error)}") from None
-    if not prepare:
-        return store
-    try:
-        store.prepare()
-    except LeadershipError:
-        store.close()
-        raise
-    except Exception as error:
-        store.close()
-        raise StoreUnavailable(f"cannot use the database: {describe_error(error)}") from None
-    if callable(handle) and isinstance(store, SqliteStore):
-        store.close()  # sqlite3 connections may be bound to this thread: the flag's opens its own
-    return store
-
-
-def _store(
-    handle: str | Callable[[], Any], name: str, interval: float, timeout: float
-) -> PostgresStore | SqliteStore:
-    if isinstance(handle, str):
-        scheme = handle.partition("://")[0].lower() if "://" in handle else ""
-        if scheme in POSTGRES_SCHEMES:
-            import pg8000.native
-
-            options = pg8000_options(handle, timeout)
-            where = redact(handle)
-
-            def connect() -> Any:
-                return pg8000.native.Connection(**options)
-
-            return PostgresStore(connect, name, timeout, first=_first(connect, where, timeout))
-        if scheme == "sqlite":
-            path = _sqlite_path(handle)
-
-            def open_file() -> sqlite3.Connection:
-                return sqlite3.connect(path, timeout=timeout, check_same_thread=False)
-
-            first = _first(open_file, redact(handle), timeout)
-            return SqliteStore(open_file, name, interval, timeout, first=first)
-        raise ConfigurationError(
-            "handle",
-            f"unknown scheme {scheme or '(none)'!r} in {redact(handle)}: expected "
-            "postgresql://, postgres:// or sqlite:///path",
-        )
-    if callable(handle):
-        first = _first(handle, "the connection factory", timeout)
-        if isinstance(first, sqlite3.Connection):
-            return SqliteStore(handle, name, interval, timeout, first=first)
-        return PostgresStore(handle, name, timeout, first=first)
-    raise ConfigurationError(
-        "handle",
-        "expected a DSN string or a zero-argument callable returning a DB-API connection, "
-        f"got {type(handle).__name__}",
-    )
-
-
-def _first(connect: Callable[[], Any], where: str, timeout: float) -> Any:
-    """The first connection, with connection failures turned into StoreUnavailable."""
-    try:
-        return connect()
-    except LeadershipError:
-        raise
-    except Exception as error:
-        raise StoreUnavailable(
-            f"cannot connect to {where} (timeout {timeout:g} s): {describe_error(error)}"
-        ) from None
+def scheme_of(handle: str) -> str:
+    """The lower-case scheme of a textual handle ("" when it has none)."""
+    return handle.partition("://")[0].lower() if "://" in handle else ""
