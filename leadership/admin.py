@@ -13,9 +13,7 @@ import pg8000.dbapi
 
 from .backends import open_store
 from .dsn import pg8000_options
-from .postgres_store import PostgresStore, channel_for
-from .sqlite_store import NOW_EXPR, SqliteStore
-from .store import TABLE
+from .store import StoredRow
 
 __all__ = ["FlagRow", "connect_autocommit", "read_flags", "release_flag", "run_sql"]
 
@@ -40,36 +38,16 @@ class FlagRow:
         return self.age > self.interval
 
 
-POSTGRES_READ = (
-    f"SELECT name, holder, version, EXTRACT(EPOCH FROM now() - timestamp)::float8 FROM {TABLE}"
-)
-SQLITE_READ = f"SELECT name, holder, version, {NOW_EXPR} - timestamp FROM {TABLE}"
-POSTGRES_EXISTS = f"SELECT to_regclass('{TABLE}') IS NOT NULL"
-SQLITE_EXISTS = f"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '{TABLE}'"
-
-
-def _rows(
-    store: PostgresStore | SqliteStore, name: str | None
-) -> list[tuple[str, str, int, float]]:
-    if isinstance(store, SqliteStore):
-        sql, mark, exists = SQLITE_READ, "?", SQLITE_EXISTS
-    else:
-        sql, mark, exists = POSTGRES_READ, "%s", POSTGRES_EXISTS
-    if not store.query(exists)[0][0]:
-        return []  # no table yet: no flags (and the admin commands create nothing)
-    if name is not None:
-        sql += f" WHERE name = {mark}"
-    rows = store.query(sql + " ORDER BY name", () if name is None else (name,))
-    return [(str(n), str(h), int(v), float(a)) for n, h, v, a in rows]
-
-
 def read_flags(
     handle: str, interval: float, timeout: float, name: str | None = None
 ) -> list[FlagRow]:
-    """The rows of the flags table (only ``name``'s when given), sorted by name."""
-    store = open_store(handle, name or "", interval, timeout, prepare=False)
+    """The rows of the flags table (only ``name``'s when given), sorted by name.
+
+    Creates nothing: without a table there are no flags.
+    """
+    store = open_store(handle, timeout, prepare=False)
     try:
-        return [FlagRow(*row, interval=interval) for row in _rows(store, name)]
+        return [_aged(row, interval) for row in store.read_rows(name)]
     finally:
         store.close()
 
@@ -77,28 +55,21 @@ def read_flags(
 def release_flag(handle: str, name: str, timeout: float) -> FlagRow | None:
     """Expire flag ``name`` now and bump its version, waking waiting processes.
 
-    A live holder keeps its local lease until its deadline (up to one interval) and
-    loses the flag at its next renewal; this is for holders known to be dead or stuck.
-    Returns the row as it was, or None when there is no such flag.
+    For holders known to be dead or stuck. Returns the row as it was, or None when
+    there is no such flag. Creates nothing.
     """
-    store = open_store(handle, name, 1.0, timeout, prepare=False)
+    store = open_store(handle, timeout, prepare=False)
     try:
-        before = _rows(store, name)
-        if not before:
+        before = store.read_rows(name)
+        if not before or not store.expire(name):
             return None
-        if isinstance(store, PostgresStore):
-            store.query(
-                f"WITH r AS (UPDATE {TABLE} SET timestamp = 'epoch', version = version + 1 "
-                "WHERE name = %s RETURNING name) SELECT pg_notify(%s, '') FROM r",
-                (name, channel_for(name)),
-            )
-        else:
-            store.query(
-                f"UPDATE {TABLE} SET timestamp = 0, version = version + 1 WHERE name = ?", (name,)
-            )
-        return FlagRow(*before[0], interval=0.0)
+        return _aged(before[0], 0.0)
     finally:
         store.close()
+
+
+def _aged(row: StoredRow, interval: float) -> FlagRow:
+    return FlagRow(row.name, row.holder, row.version, row.age, interval)
 
 
 def connect_autocommit(dsn: str, timeout: float = 10.0) -> Any:

@@ -1,43 +1,56 @@
 """The backend factory: turn a flag's handle (a DSN or a connection factory) into a store.
 
 Accepted handles: a ``postgresql://`` / ``postgres://`` DSN (PostgreSQL through pg8000),
-a ``sqlite:///path`` URL (see :mod:`leadership.dsn`), or a zero-argument callable
+an ``sqlite:///path`` URL (see :mod:`leadership.dsn`), or a zero-argument callable
 returning a DB-API 2.0 connection (sqlite3, pg8000, psycopg, ...), called again to
-reconnect after failures.
+reconnect after failures. A backend is a module with ``SCHEMES``, ``from_dsn`` and
+``from_connection``; adding one is one new module and one entry in ``BACKENDS``.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from .dsn import POSTGRES_SCHEMES, pg8000_options, redact, scheme_of, sqlite_path
+from . import postgres_store, sqlite_store
+from .dsn import redact, scheme_of
 from .errors import ConfigurationError, LeadershipError, StoreUnavailable
-from .postgres_store import PostgresStore
-from .sqlite_store import SqliteStore
-from .store import describe_error
+from .store import DBAPIConnection, Store, describe_error, first_connection
 
-__all__ = ["open_store"]
+__all__ = ["BACKENDS", "Backend", "open_store"]
+
+
+class Backend(Protocol):
+    """What a backend module offers the factory."""
+
+    @property
+    def SCHEMES(self) -> tuple[str, ...]: ...
+
+    def from_dsn(self, dsn: str, timeout: float) -> Store: ...
+
+    def from_connection(
+        self, connect: Callable[[], Any], first: Any, timeout: float
+    ) -> Store | None: ...
+
+
+BACKENDS: tuple[Backend, ...] = (sqlite_store, postgres_store)
+"""In the order a connection factory's first connection is offered to them (PostgreSQL,
+which accepts any ``%s``-style driver, comes last)."""
 
 
 def open_store(
-    handle: str | Callable[[], Any],
-    name: str,
-    interval: float,
-    timeout: float,
-    *,
-    prepare: bool = True,
-) -> PostgresStore | SqliteStore:
-    """Connect to the handle's database and return a store, or raise.
+    handle: str | Callable[[], DBAPIConnection], timeout: float, *, prepare: bool = True
+) -> Store:
+    """Connect to the handle's database and return its store, or raise.
 
-    With ``prepare`` (the default) the table is created if missing and its schema checked.
+    ``timeout`` bounds each operation. With ``prepare`` (the default) the table is
+    created if missing and its schema checked; without it nothing is created.
 
     Raises ConfigurationError for a bad handle, StoreUnavailable when the database
     cannot be reached or refuses the connection, SchemaError for a bad table.
     """
     try:
-        store = _store(handle, name, interval, timeout)
+        store = _store(handle, timeout)
     except LeadershipError:
         raise
     except Exception as error:  # the first connection failed while being set up
@@ -52,58 +65,29 @@ def open_store(
     except Exception as error:
         store.close()
         raise StoreUnavailable(f"cannot use the database: {describe_error(error)}") from None
-    if callable(handle) and isinstance(store, SqliteStore):
-        store.close()  # sqlite3 connections may be bound to this thread: the flag's opens its own
     return store
 
 
-def _store(
-    handle: str | Callable[[], Any], name: str, interval: float, timeout: float
-) -> PostgresStore | SqliteStore:
+def _store(handle: str | Callable[[], DBAPIConnection], timeout: float) -> Store:
     if isinstance(handle, str):
         scheme = scheme_of(handle)
-        if scheme in POSTGRES_SCHEMES:
-            import pg8000.native
-
-            options = pg8000_options(handle, timeout)
-            where = redact(handle)
-
-            def connect() -> Any:
-                return pg8000.native.Connection(**options)
-
-            return PostgresStore(connect, name, timeout, first=_first(connect, where, timeout))
-        if scheme == "sqlite":
-            path = sqlite_path(handle)
-
-            def open_file() -> sqlite3.Connection:
-                return sqlite3.connect(path, timeout=timeout, check_same_thread=False)
-
-            first = _first(open_file, redact(handle), timeout)
-            return SqliteStore(open_file, name, interval, timeout, first=first)
+        for backend in BACKENDS:
+            if scheme in backend.SCHEMES:
+                return backend.from_dsn(handle, timeout)
+        known = ", ".join(f"{s}://" for backend in BACKENDS for s in backend.SCHEMES)
+        shown = redact(handle) if handle.strip() else "an empty string"
         raise ConfigurationError(
-            "handle",
-            f"unknown scheme {scheme or '(none)'!r} in {redact(handle)}: expected "
-            "postgresql://, postgres:// or sqlite:///path",
+            "handle", f"unknown scheme {scheme or '(none)'!r} in {shown}: expected {known}"
         )
     if callable(handle):
-        first = _first(handle, "the connection factory", timeout)
-        if isinstance(first, sqlite3.Connection):
-            return SqliteStore(handle, name, interval, timeout, first=first)
-        return PostgresStore(handle, name, timeout, first=first)
+        first = first_connection(handle, "the connection factory", timeout)
+        for backend in BACKENDS:
+            store = backend.from_connection(handle, first, timeout)
+            if store is not None:
+                return store
+        raise ConfigurationError("handle", f"no backend accepts {type(first).__name__} connections")
     raise ConfigurationError(
         "handle",
         "expected a DSN string or a zero-argument callable returning a DB-API connection, "
         f"got {type(handle).__name__}",
     )
-
-
-def _first(connect: Callable[[], Any], where: str, timeout: float) -> Any:
-    """The first connection, with connection failures turned into StoreUnavailable."""
-    try:
-        return connect()
-    except LeadershipError:
-        raise
-    except Exception as error:
-        raise StoreUnavailable(
-            f"cannot connect to {where} (timeout {timeout:g} s): {describe_error(error)}"
-        ) from None

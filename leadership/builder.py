@@ -12,10 +12,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from .backends import open_store
+from .callbacks import Callback
 from .errors import ConfigurationError
 from .flag import Flag
 from .metrics import FlagMetrics
-from .timing import Timing, seconds
+from .store import DBAPIConnection
+from .timing import Duration, Timing, seconds
 
 __all__ = ["FlagBuilder", "new_flag"]
 
@@ -53,7 +55,7 @@ class FlagBuilder:
         self._on_raised: Any = None
         self._on_lowered: Any = None
 
-    def handle(self, handle: str | Callable[[], Any]) -> FlagBuilder:
+    def handle(self, handle: str | Callable[[], DBAPIConnection]) -> FlagBuilder:
         """Where the flag lives: a DSN or a connection factory (mandatory)."""
         self._handle = handle
         return self
@@ -68,7 +70,7 @@ class FlagBuilder:
         self._process = process
         return self
 
-    def interval(self, interval: float | Any) -> FlagBuilder:
+    def interval(self, interval: Duration) -> FlagBuilder:
         """The lease length; renewals every half of it (default 30 s)."""
         self._interval = interval
         return self
@@ -78,7 +80,7 @@ class FlagBuilder:
         self._jitter = jitter
         return self
 
-    def timeout(self, timeout: float | Any) -> FlagBuilder:
+    def timeout(self, timeout: Duration) -> FlagBuilder:
         """Limit on each database operation (default 1 s)."""
         self._timeout = timeout
         return self
@@ -104,7 +106,7 @@ class FlagBuilder:
         self._precheck = precheck
         return self
 
-    def on_raised(self, callback: Callable[[], object]) -> FlagBuilder:
+    def on_raised(self, callback: Callback) -> FlagBuilder:
         """Called (on a callback thread) when the flag is raised for a new term.
 
         If it raises, the error is logged and the flag is lowered, released and not
@@ -112,7 +114,7 @@ class FlagBuilder:
         self._on_raised = callback
         return self
 
-    def on_lowered(self, callback: Callable[[], object]) -> FlagBuilder:
+    def on_lowered(self, callback: Callback) -> FlagBuilder:
         """Called (on a callback thread) when a term ends, also when the lease runs out."""
         self._on_lowered = callback
         return self
@@ -158,7 +160,7 @@ class FlagBuilder:
                 raise ConfigurationError(parameter, f"expected a callable, got {value!r}")
         if self._handle is None:
             raise ConfigurationError("handle", "missing: give a DSN or a connection factory")
-        store = open_store(self._handle, name, timing.interval, timing.timeout)
+        store = open_store(self._handle, timing.timeout)
         metrics = None
         if subsystem is not None:
             metrics = FlagMetrics(registry, subsystem, name, process)

@@ -1,8 +1,9 @@
-"""The renewal thread of one flag: check, update the lease, wait, repeat; release at the end.
+"""The renewal loop of one flag: acquire or renew, update the lease, wait, repeat; release.
 
-Only this thread extends the lease. It lowers the lease at once when the row shows
-another holder, and leaves it alone after a failed check: the lease deadline alone
-ends leadership when renewals keep failing.
+Only this loop extends the lease. It lowers the lease at once when the row shows
+another holder, and leaves it alone after a failed attempt: the lease deadline alone
+ends leadership when renewals keep failing. The store, the lease clock and the jitter
+are injected, so each decision can be tested step by step with fakes.
 """
 
 from __future__ import annotations
@@ -13,41 +14,60 @@ import os
 import select
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
-from .clock import Lease, jittered, now_ns
+from .clock import jittered, now_ns
 from .metrics import FlagMetrics
 from .store import Observation, Store, describe_error
+from .tenure import Tenure
 from .timing import Timing
 
-__all__ = ["Campaign"]
+__all__ = ["Campaign", "LeaseControl"]
 
 WAKE_AFTER_EXPIRY = 0.002
 """Seconds a waiting instance adds to the row's expiry before trying to take it."""
 
 FIRST_RETRY = 0.005
-"""Seconds before the first retry after a failed check (later ones: interval/10)."""
+"""Seconds before the first retry after a failed attempt (later ones: interval/10)."""
+
+
+class LeaseControl(Protocol):
+    """The local lease as the campaign drives it (a :class:`leadership.clock.Lease`)."""
+
+    def raised(self) -> bool: ...
+
+    def _extend(self, start_ns: int, duration_ns: int) -> None: ...
+
+    def _lower(self) -> None: ...
 
 
 class Campaign:
-    """Runs the checks of one flag on a daemon thread until ``stop()``.
+    """Contends for one flag on a daemon thread until ``stop()``.
 
-    ``precheck`` (optional) is asked before every check: when it returns False or
+    ``precheck`` (optional) is asked before every attempt: when it returns False or
     raises, the flag is lowered and released and the instance does not contend until
     it says yes again. ``changed`` is called after anything that may have changed the
-    raised state or the term.
+    raised state or the term. ``clock`` reads the lease clock (ns) and ``jitter``
+    spreads waits; both default to :mod:`leadership.clock`'s.
+
+    Without ``start()``, :meth:`step` and :meth:`finish` drive the same decisions
+    synchronously (for tests).
     """
 
     def __init__(
         self,
-        lease: Lease,
+        lease: LeaseControl,
         store: Store,
         timing: Timing,
         name: str,
         process: str,
         logger: logging.Logger,
-        metrics: FlagMetrics | None,
+        metrics: FlagMetrics | None = None,
         precheck: Callable[[], bool] | None = None,
         changed: Callable[[], None] = lambda: None,
+        *,
+        clock: Callable[[], int] = now_ns,
+        jitter: Callable[[float, float], float] = jittered,
     ) -> None:
         self._lease = lease
         self._store = store
@@ -58,45 +78,43 @@ class Campaign:
         self._metrics = metrics
         self._precheck = precheck
         self._changed = changed
-        self._lock = threading.Lock()
+        self._clock = clock
+        self._jitter = jitter
+        self._lock = threading.Lock()  # guards _tenure, _stopping, _resign_for, the lease
+        self._tenure = Tenure()
         self._stopping = False
         self._resign_for: float | None = None  # seconds to stand aside, when asked to
-        self._mine = -1  # the version this instance last wrote and saw confirmed
-        self._stamp = 0.0  # its timestamp (database clock, Unix seconds)
-        self._term = -1  # the version that started the current term
-        self._in_flight = False  # a renewal of ``_mine`` may be landing right now
         self._reported = False  # raised state as last logged and counted
         self._duplicate_reported = False
         self._precheck_refused = False
-        self._failures = 0  # consecutive failed checks
+        self._failures = 0  # consecutive failed attempts
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
         self._thread = threading.Thread(target=self._run, name=f"leadership {name}", daemon=True)
 
     @property
-    def term(self) -> int | None:
+    def token(self) -> int | None:
         """The version that started the current term; None when not holding the row."""
-        return self._term if self._term >= 0 else None
+        return self._tenure.token
 
     def versions(self) -> tuple[int, int] | None:
-        """The range of row versions this instance may have written in its current term
-        (first, last; last includes a renewal in flight), or None when not holding."""
+        """The versions this instance may have written in its current term (first, last;
+        last includes a renewal in flight), or None when not holding."""
         with self._lock:
-            if self._term < 0:
-                return None
-            return self._term, self._mine + 1 if self._in_flight else self._mine
+            return self._tenure.versions()
 
     def start(self) -> None:
+        self._store.watch(self._name, self._timing.interval)
         self._thread.start()
 
     def stop(self, wait: float) -> None:
-        """Lower the lease, ask the thread to release and finish, and wait up to ``wait`` s."""
+        """Lower the lease, ask the loop to release and finish, and wait up to ``wait`` s."""
         with self._lock:
             self._stopping = True
             self._lease._lower()
         self._wake()
-        if self._thread is threading.current_thread():
+        if self._thread.ident is None or self._thread is threading.current_thread():
             return
         self._thread.join(wait)
         if not self._thread.is_alive():
@@ -110,19 +128,23 @@ class Campaign:
             self._lease._lower()
         self._wake()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # a full pipe wakes the thread anyway
+        with contextlib.suppress(BlockingIOError, OSError):  # a full pipe wakes it anyway
             os.write(self._wake_write, b"!")
 
     def _run(self) -> None:
         try:
             while not self._stopping:
-                delay = self._step()
+                delay = self.step()
                 self._changed()
                 if not self._stopping:
                     self._wait(delay)
         finally:
-            self._finish()
+            self.finish()
             self._changed()
 
     def _wait(self, seconds: float) -> None:
@@ -133,9 +155,8 @@ class Campaign:
             self._logger.error("flag %r: wait failed: %s", self._name, describe_error(error))
             select.select([self._wake_read], [], [], seconds)
 
-    def _step(self) -> float:
+    def step(self) -> float:
         """Do what is due now; return the seconds to wait before the next step."""
-        timing = self._timing
         with self._lock:
             resign_for, self._resign_for = self._resign_for, None
         if resign_for is not None:
@@ -143,8 +164,15 @@ class Campaign:
             return resign_for
         if self._precheck is not None and not self._precheck_passes():
             self._step_aside("the precheck said no")
-            return jittered(timing.renew_every, timing.jitter)
-        return self._check()
+            return self._jitter(self._timing.renew_every, self._timing.jitter)
+        return self._contend()
+
+    def finish(self) -> None:
+        """Lower, release the row if held, and close the store (the loop's last act)."""
+        with self._lock:
+            self._stopping = True
+        self._step_aside("closed")
+        self._store.close()
 
     def _precheck_passes(self) -> bool:
         assert self._precheck is not None
@@ -163,54 +191,54 @@ class Campaign:
                 self._logger.info("flag %r: precheck says no, not contending", self._name)
         return passed
 
-    def _check(self) -> float:
-        """Run one check; return the seconds to wait before the next one."""
-        timing = self._timing
-        started = now_ns()
+    def _contend(self) -> float:
+        """Acquire or renew once; return the seconds to wait before the next step."""
+        started = self._clock()
         with self._lock:
-            self._in_flight = self._mine >= 0
+            self._tenure.sending()
+            last = self._tenure.last
         try:
-            seen = self._store.check(
-                self._name, self._process, self._mine, self._stamp, timing.interval
+            seen = self._store.acquire_or_renew(
+                self._name, self._process, last, self._timing.interval
             )
         except Exception as error:
             with self._lock:
-                self._in_flight = False
-            if self._metrics:
-                self._metrics.check_failed()
-            self._logger.error("flag %r: check failed: %s", self._name, describe_error(error))
-            self._report()
-            self._failures += 1
-            if self._failures == 1:  # often a dropped connection: reconnect at once
-                return FIRST_RETRY
-            return jittered(timing.retry_every, timing.jitter)
+                self._tenure.unanswered()
+            return self._delay_after_failure(error)
         self._failures = 0
         if self._metrics:
-            self._metrics.check_took((now_ns() - started) / 1e9)
+            self._metrics.check_took((self._clock() - started) / 1e9)
         if seen.acquired:
-            return self._held(seen, started)
-        return self._waiting(seen)
+            return self._delay_after_win(seen, started)
+        return self._delay_after_loss(seen)
 
-    def _held(self, seen: Observation, started: int) -> float:
-        assert seen.version is not None
+    def _delay_after_failure(self, error: Exception) -> float:
+        timing = self._timing
+        if self._metrics:
+            self._metrics.check_failed()
+        self._logger.error("flag %r: check failed: %s", self._name, describe_error(error))
+        self._report()
+        self._failures += 1
+        if self._failures == 1:  # often a dropped connection: reconnect at once
+            return FIRST_RETRY
+        return self._jitter(timing.retry_every, timing.jitter)
+
+    def _delay_after_win(self, seen: Observation, started: int) -> float:
+        assert seen.written is not None
         with self._lock:
-            if self._term < 0 or not self._lease.raised():
-                # A lapsed lease ends the term even when the row stayed ours: callbacks
-                # saw it lowered, so work started before the lapse must be fenced off.
-                self._term = seen.version
-            self._mine, self._stamp = seen.version, seen.stamp
-            self._in_flight = False
+            # A lapsed lease ends the term even when the row stayed ours: callbacks saw
+            # it lowered, so work started before the lapse must be fenced off.
+            self._tenure.confirm(seen.written, new_term=not self._lease.raised())
             if not self._stopping and self._resign_for is None:
                 self._lease._extend(started, self._timing.lease_ns)
         self._duplicate_reported = False
-        self._logger.debug("flag %r: holding version %d", self._name, seen.version)
+        self._logger.debug("flag %r: holding version %d", self._name, seen.written.version)
         self._report()
-        return jittered(self._timing.renew_every, self._timing.jitter)
+        return self._jitter(self._timing.renew_every, self._timing.jitter)
 
-    def _waiting(self, seen: Observation) -> float:
+    def _delay_after_loss(self, seen: Observation) -> float:
         with self._lock:
-            self._mine = self._term = -1
-            self._in_flight = False
+            self._tenure.end()
             self._lease._lower()
         self._report(f"held by {seen.holder!r}")
         if seen.holder == self._process and not self._duplicate_reported:
@@ -228,7 +256,7 @@ class Campaign:
         )
         timing = self._timing
         if seen.expires_in is None:
-            return jittered(timing.retry_every, timing.jitter)
+            return self._jitter(timing.retry_every, timing.jitter)
         return min(max(seen.expires_in, 0.0) + WAKE_AFTER_EXPIRY, timing.interval)
 
     def _report(self, why: str = "the lease ran out") -> None:
@@ -248,22 +276,26 @@ class Campaign:
         """Lower the lease and release the row if this instance holds it."""
         with self._lock:
             self._lease._lower()
-            mine, self._mine, self._term = self._mine, -1, -1
+            last = self._tenure.end()
         self._report(why)
-        if mine < 0:
+        if last is None:
             return
         try:
-            self._store.release(self._name, self._process, mine)
-            self._logger.info("flag %r released by %r (%s)", self._name, self._process, why)
+            released = self._store.release(self._name, self._process, last.version)
         except Exception as error:
             self._logger.error(
                 "flag %r: release failed (others wait for the lease to expire): %s",
                 self._name,
                 describe_error(error),
             )
-
-    def _finish(self) -> None:
-        with self._lock:
-            self._stopping = True
-        self._step_aside("closed")
-        self._store.close()
+            return
+        if released:
+            self._logger.info("flag %r released by %r (%s)", self._name, self._process, why)
+        else:
+            self._logger.warning(
+                "flag %r: nothing to release (%s): the row no longer carries version %d of %r",
+                self._name,
+                why,
+                last.version,
+                self._process,
+            )

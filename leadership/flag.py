@@ -14,16 +14,16 @@ import os
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
 
+from .callbacks import Callback, Callbacks
 from .campaign import Campaign
 from .clock import Lease
 from .errors import LeadershipLost
-from .events import Events
-from .fencing import check_row
+from .fencing import verify_holder
 from .metrics import FlagMetrics
-from .store import Store
+from .store import DBAPIConnection, Store
 from .timing import Timing
+from .waiters import Waiters
 
 __all__ = ["Flag"]
 
@@ -48,20 +48,22 @@ class Flag(Lease):
         logger: logging.Logger,
         metrics: FlagMetrics | None = None,
         precheck: Callable[[], bool] | None = None,
-        on_raised: Callable[[], object] | None = None,
-        on_lowered: Callable[[], object] | None = None,
+        on_raised: Callback | None = None,
+        on_lowered: Callback | None = None,
     ) -> None:
         super().__init__()
         self.name = name
         self.process = process
         self.timing = timing
+        self._store = store
         self._logger = logger
         self._metrics = metrics
         self._owner_pid = os.getpid()
         self._closed = False
-        self._events = Events(
+        self._waiters = Waiters(self)
+        self._callbacks = Callbacks(
             self,
-            lambda: self._campaign.term,
+            lambda: self._campaign.token,
             logger,
             name,
             on_raised=on_raised,
@@ -77,11 +79,18 @@ class Flag(Lease):
             logger,
             metrics,
             precheck=precheck,
-            changed=self._events.changed,
+            changed=self._changed,
         )
         _live.add(self)
-        self._events.start()
+        self._callbacks.start()
         self._campaign.start()
+
+    def _changed(self) -> None:
+        """Called by the renewal loop after every step and when it ends."""
+        self._waiters.changed()
+        self._callbacks.changed()
+        if self._campaign.stopping:
+            self._waiters.close()
 
     @property
     def token(self) -> int | None:
@@ -90,8 +99,8 @@ class Flag(Lease):
         Constant during one leadership term, strictly greater in every later term;
         None while the flag is not raised.
         """
-        term = self._campaign.term
-        return term if term is not None and self.raised() else None
+        token = self._campaign.token
+        return token if token is not None and self.raised() else None
 
     def wait_raised(self, timeout: float | None = None) -> bool:
         """Block until the flag is raised (True) or ``timeout`` seconds pass (False).
@@ -99,13 +108,13 @@ class Flag(Lease):
         Adds no database traffic: it waits for the renewal thread's normal checks.
         Returns False at once once the flag is closed.
         """
-        return self._events.wait_raised(timeout)
+        return self._waiters.wait_raised(timeout)
 
     async def wait_raised_async(self, timeout: float | None = None) -> bool:
         """``wait_raised`` for asyncio; never blocks the event loop."""
-        return await self._events.wait_raised_async(timeout)
+        return await self._waiters.wait_raised_async(timeout)
 
-    def guard(self, conn: Any) -> int:
+    def guard(self, conn: DBAPIConnection) -> int:
         """Fence the caller's transaction on ``conn``; return the fencing token.
 
         Call it inside the application's own transaction on the flag's database: it
@@ -117,8 +126,8 @@ class Flag(Lease):
         versions = self._campaign.versions()
         if token is None or versions is None:
             raise LeadershipLost(f"flag {self.name!r} is not raised in process {self.process!r}")
-        check_row(conn, self.name, self.process, versions)
-        if not self.raised() or self._campaign.term != token:
+        verify_holder(self.name, self._store.lock_row(conn, self.name), self.process, versions)
+        if not self.raised() or self._campaign.token != token:
             raise LeadershipLost(f"flag {self.name!r}: the lease ran out while guarding")
         return token
 
@@ -130,8 +139,9 @@ class Flag(Lease):
     def close(self) -> None:
         """Lower the flag, release the row and stop renewing; idempotent.
 
-        Waits for the release up to about twice the timeout; the flag is lowered
-        locally before anything else happens.
+        The flag is lowered locally before anything else happens. Then waits for the
+        release (up to ``2 * timeout + 1`` s) and for a pending ``on_lowered`` callback
+        (up to ``timeout + 1`` s more).
         """
         if self._closed:
             return
@@ -140,7 +150,8 @@ class Flag(Lease):
         if os.getpid() != self._owner_pid:
             return  # a forked child: the row and the connection belong to the parent
         self._campaign.stop(wait=2 * self.timing.timeout + 1.0)
-        self._events.stop(wait=self.timing.timeout + 1.0)
+        self._waiters.close()
+        self._callbacks.stop(wait=self.timing.timeout + 1.0)
         if self._metrics is not None:
             self._metrics.close()
         _live.discard(self)

@@ -1,8 +1,9 @@
-"""The flags table on PostgreSQL, through any DB-API driver using ``%s`` placeholders.
+"""The flags table on PostgreSQL, through pg8000 or any DB-API driver using ``%s``.
 
-One statement per check, one per release. Releases notify a channel derived from the
-flag name; a waiting instance listens on it and checks at once instead of waiting for
-its schedule.
+All of PostgreSQL's SQL lives here. One statement per acquire-or-renew, one per
+release. Releases notify a channel derived from the flag name; a store listens on the
+channels of the flags it watches, so a waiting instance checks at once instead of
+waiting for its schedule.
 """
 
 from __future__ import annotations
@@ -15,10 +16,25 @@ from typing import Any
 
 import pg8000.native
 
+from .dsn import pg8000_options, redact
 from .errors import SchemaError, StoreUnavailable
-from .store import TABLE, ConnectedStore, Observation, describe_error
+from .store import (
+    TABLE,
+    ConnectedStore,
+    DBAPIConnection,
+    Observation,
+    StoredRow,
+    Written,
+    check_columns,
+    describe_error,
+    first_connection,
+    timeout_ms,
+)
 
-__all__ = ["PostgresStore", "channel_for"]
+__all__ = ["SCHEMES", "PostgresStore", "channel_for", "from_connection", "from_dsn"]
+
+SCHEMES = ("postgresql", "postgres")
+"""The DSN schemes this backend serves."""
 
 CREATE = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -49,7 +65,8 @@ EXPECTED = {
     "timestamp": ("timestamp with time zone",),
 }
 
-# Parameters: name, name, process, mine, mine, stamp, stamp, interval, interval, interval.
+# Parameters: name, name, process, last version, last version, last written at (twice),
+# interval (three times).
 CHECK = f"""
 WITH previous AS (
     SELECT holder, version, timestamp FROM {TABLE} WHERE name = %s FOR UPDATE
@@ -81,6 +98,20 @@ WITH released AS (
 SELECT pg_notify(%s, '') FROM released
 """
 
+# Parameters: name, channel.
+EXPIRE = f"""
+WITH expired AS (
+    UPDATE {TABLE} SET timestamp = 'epoch', version = version + 1
+    WHERE name = %s
+    RETURNING name
+)
+SELECT pg_notify(%s, '') FROM expired
+"""
+
+EXISTS = f"SELECT to_regclass('{TABLE}') IS NOT NULL"
+ROWS = f"SELECT name, holder, version, EXTRACT(EPOCH FROM now() - timestamp)::float8 FROM {TABLE}"
+LOCK_ROW = f"SELECT holder, version FROM {TABLE} WHERE name = %s FOR SHARE"
+
 SOCKET_WAKE_SPACING = 0.05
 """Seconds between two wake-ups by the connection's socket (guards against a busy loop)."""
 
@@ -90,14 +121,31 @@ def channel_for(name: str) -> str:
     return "leadership_" + hashlib.sha256(name.encode()).hexdigest()[:32]
 
 
-class PostgresStore(ConnectedStore):
-    """The flags table on PostgreSQL (pg8000, psycopg or any ``%s``-style DB-API driver)."""
+def from_dsn(dsn: str, timeout: float) -> PostgresStore:
+    """The store for a ``postgresql://`` DSN, connected through pg8000 (native protocol)."""
+    options = pg8000_options(dsn, timeout)
 
-    def __init__(
-        self, connect: Callable[[], Any], name: str, timeout: float, first: Any = None
-    ) -> None:
-        self._channel = channel_for(name)
-        self._timeout_ms = max(1, round(timeout * 1000))
+    def connect() -> Any:
+        return pg8000.native.Connection(**options)
+
+    return PostgresStore(connect, timeout, first=first_connection(connect, redact(dsn), timeout))
+
+
+def from_connection(connect: Callable[[], Any], first: Any, timeout: float) -> PostgresStore:
+    """The store for a connection factory: any DB-API driver with ``%s`` placeholders."""
+    return PostgresStore(connect, timeout, first=first)
+
+
+class PostgresStore(ConnectedStore):
+    """The flags table on PostgreSQL (pg8000, psycopg or any ``%s``-style DB-API driver).
+
+    ``connect`` opens a new connection (a pg8000 native connection or a DB-API one);
+    ``timeout`` bounds each statement on the server (``statement_timeout``).
+    """
+
+    def __init__(self, connect: Callable[[], Any], timeout: float, first: Any = None) -> None:
+        self._timeout_ms = timeout_ms(timeout)
+        self._channels: dict[str, str] = {}  # watched flag name -> its channel
         self._last_socket_wake = 0.0
         self._prepared: dict[str, Any] = {}
         super().__init__(connect, first)
@@ -109,7 +157,8 @@ class PostgresStore(ConnectedStore):
         self._execute(
             conn, "SELECT set_config('statement_timeout', %s, false)", (str(self._timeout_ms),)
         )
-        self._execute(conn, f'LISTEN "{self._channel}"', ())
+        for channel in self._channels.values():
+            self._execute(conn, f'LISTEN "{channel}"', ())
 
     def _execute(self, conn: Any, sql: str, params: tuple[Any, ...]) -> list[Any]:
         """Run ``sql`` (``%s`` placeholders) on ``conn``; return its rows."""
@@ -128,8 +177,9 @@ class PostgresStore(ConnectedStore):
         finally:
             cursor.close()
 
-    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        """Run one statement (autocommit); return its rows; reconnect next time after a failure."""
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Run one statement (autocommit); return its rows; reconnect next time after a
+        failure that broke the connection."""
         try:
             rows = self._execute(self._connection(), sql, params)
         except BaseException as error:
@@ -141,47 +191,78 @@ class PostgresStore(ConnectedStore):
             notifications.clear()
         return rows
 
+    def _columns(self) -> dict[str, str]:
+        return dict(self._query(COLUMNS))
+
     def prepare(self) -> None:
-        columns = dict(self.query(COLUMNS, ()))
+        columns = self._columns()
         if not columns:
             try:
-                self.query(CREATE, ())
+                self._query(CREATE)
             except Exception as error:
-                columns = dict(self.query(COLUMNS, ()))  # another process may have made it
+                columns = self._columns()  # another process may have made it
                 if not columns:
                     raise (SchemaError if _sqlstate(error) == "42501" else StoreUnavailable)(
                         f"table {TABLE} does not exist and could not be created: "
                         f"{describe_error(error)}"
                     ) from error
             else:
-                columns = dict(self.query(COLUMNS, ()))
-        for column, types in EXPECTED.items():
-            found = columns.get(column)
-            if found is None:
-                raise SchemaError(f"table {TABLE} has no column {column} (expected {types[0]})")
-            if found not in types:
-                raise SchemaError(
-                    f"table {TABLE}: column {column} has type {found}, expected {types[0]}"
-                )
-        if not self.query(NAME_IS_UNIQUE, ())[0][0]:
+                columns = self._columns()
+        check_columns(columns, EXPECTED)
+        if not self._query(NAME_IS_UNIQUE)[0][0]:
             raise SchemaError(f"table {TABLE}: column name is not a primary key or unique")
 
-    def check(
-        self, name: str, process: str, mine: int, stamp: float, interval: float
+    def watch(self, name: str, interval: float) -> None:
+        if name in self._channels:
+            return
+        channel = self._channels[name] = channel_for(name)
+        if self._conn is not None:
+            self._query(f'LISTEN "{channel}"')
+
+    def unwatch(self, name: str) -> None:
+        channel = self._channels.pop(name, None)
+        if channel is not None and self._conn is not None:
+            self._query(f'UNLISTEN "{channel}"')
+
+    def acquire_or_renew(
+        self, name: str, process: str, last: Written | None, interval: float
     ) -> Observation:
-        parameters = (name, name, process, mine, mine, stamp, stamp, interval, interval, interval)
-        written, written_stamp, holder, version, expires_in = self.query(CHECK, parameters)[0]
+        version, at = (last.version, last.at) if last is not None else (-1, 0.0)
+        parameters = (name, name, process, version, version, at, at, interval, interval, interval)
+        written, written_at, holder, seen, expires_in = self._query(CHECK, parameters)[0]
         if written is not None:
-            return Observation(True, process, int(written), interval, float(written_stamp))
+            return Observation(Written(int(written), float(written_at)))
         return Observation(
-            False,
+            None,
             holder,
-            None if version is None else int(version),
+            None if seen is None else int(seen),
             None if expires_in is None else float(expires_in),
         )
 
-    def release(self, name: str, process: str, version: int) -> None:
-        self.query(RELEASE, (name, process, version, self._channel))
+    def release(self, name: str, process: str, version: int) -> bool:
+        return bool(self._query(RELEASE, (name, process, version, channel_for(name))))
+
+    def read_rows(self, name: str | None = None) -> list[StoredRow]:
+        if not self._query(EXISTS)[0][0]:
+            return []  # no table yet: no flags (and reading creates nothing)
+        params: tuple[str, ...] = () if name is None else (name,)
+        sql = ROWS if name is None else f"{ROWS} WHERE name = %s"
+        rows = self._query(sql + " ORDER BY name", params)
+        return [StoredRow(str(n), str(h), int(v), float(a)) for n, h, v, a in rows]
+
+    def expire(self, name: str) -> bool:
+        if not self._query(EXISTS)[0][0]:
+            return False
+        return bool(self._query(EXPIRE, (name, channel_for(name))))
+
+    def lock_row(self, conn: DBAPIConnection, name: str) -> tuple[str, int] | None:
+        cursor = conn.cursor()
+        try:
+            cursor.execute(LOCK_ROW, (name,))
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+        return None if row is None else (str(row[0]), int(row[1]))
 
     def wait(self, seconds: float, wake_fd: int) -> None:
         since = time.monotonic() - self._last_socket_wake

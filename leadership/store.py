@@ -1,65 +1,193 @@
-"""What the campaign needs from a database: one check, one release, a wait."""
+"""The backend boundary: everything the package asks of the database holding the flags.
+
+A :class:`Store` is one dedicated connection to one database. It serves any number of
+flags: every call names the flag it is about. Each backend module owns all of its SQL
+(schema, acquire-or-renew, release, listing, administrative expiry, the fencing lock);
+nothing else in the package writes SQL on the flags table. Adding a backend is one new
+module implementing :class:`Store` plus one line in :mod:`leadership.backends`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import select
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["TABLE", "ConnectedStore", "Observation", "Store", "describe_error", "drain"]
+from .errors import LeadershipError, SchemaError, StoreUnavailable
+
+__all__ = [
+    "TABLE",
+    "ConnectedStore",
+    "Cursor",
+    "DBAPIConnection",
+    "Observation",
+    "Store",
+    "StoredRow",
+    "Written",
+    "check_columns",
+    "describe_error",
+    "drain",
+    "first_connection",
+    "timeout_ms",
+]
 
 TABLE = "leadership_flags"
+"""The flags table, shared with the Go package: ``(name, holder, version, timestamp)``."""
+
+
+class Cursor(Protocol):
+    """The part of a DB-API 2.0 cursor this package uses."""
+
+    @property
+    def description(self) -> Any: ...
+
+    def execute(self, operation: Any, parameters: Any = ..., /) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class DBAPIConnection(Protocol):
+    """The part of a DB-API 2.0 connection this package uses (sqlite3, pg8000, psycopg)."""
+
+    def cursor(self) -> Cursor: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Written:
+    """A row version this instance wrote and saw confirmed, with the row's new
+    timestamp (database clock, Unix seconds)."""
+
+    version: int
+    at: float
 
 
 @dataclass(frozen=True)
 class Observation:
-    """The outcome of one check, as the database saw it.
+    """The outcome of one acquire-or-renew, as the database saw it.
 
-    ``acquired`` is True when this statement wrote the row for this instance, with
-    ``version``. Otherwise ``holder`` and ``version`` describe the row before the
-    statement (None when there was none) and ``expires_in`` is the number of seconds,
-    on the database clock, until another process may take it (None when unknown).
+    When ``acquired``, ``written`` is what this statement wrote for this instance.
+    Otherwise ``holder`` and ``version`` describe the row that stopped it (None when
+    there was none) and ``expires_in`` is the number of seconds, on the database clock,
+    until another process may take it (None when unknown).
     """
 
-    acquired: bool
-    holder: str | None
-    version: int | None
-    expires_in: float | None
-    stamp: float = 0.0
-    """When ``acquired``: the row's new timestamp, database clock, Unix seconds."""
+    written: Written | None
+    holder: str | None = None
+    version: int | None = None
+    expires_in: float | None = None
+
+    @property
+    def acquired(self) -> bool:
+        return self.written is not None
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    """One row of the flags table; ``age`` is seconds since its timestamp (database clock)."""
+
+    name: str
+    holder: str
+    version: int
+    age: float
 
 
 class Store(Protocol):
-    """A dedicated connection to the flags table, reconnecting after any failure."""
+    """One dedicated connection to the flags table, serving any number of flags.
+
+    Calls come from one thread at a time (a flag's renewal thread, or an admin command),
+    except :meth:`lock_row`, which touches only the caller's connection. The connection is
+    opened lazily and reopened after a failure that broke it (an ordinary SQL error, such
+    as a statement timeout, keeps it).
+    """
 
     def prepare(self) -> None:
         """Connect, create the table if missing and check its schema; raise on failure."""
 
-    def check(
-        self, name: str, process: str, mine: int, stamp: float, interval: float
-    ) -> Observation:
-        """Acquire or renew in one statement.
+    def watch(self, name: str, interval: float) -> None:
+        """Make :meth:`wait` return early when flag ``name`` is released, or found older
+        than ``interval`` seconds where the backend polls instead of being notified."""
 
-        The row is written when it is missing, when it is older than ``interval`` seconds
-        on the database clock, or when it carries ``process`` and either version ``mine``
-        (the version this instance last wrote, stamped ``stamp``; -1 for none) or version
-        ``mine + 1`` stamped after ``stamp`` but within ``interval`` of it. Only a renewal
-        of ``mine`` by this instance, whose reply was lost, can have written that row: any
-        other writer must wait for ``mine`` to expire first.
+    def unwatch(self, name: str) -> None:
+        """Stop watching flag ``name``."""
+
+    def acquire_or_renew(
+        self, name: str, process: str, last: Written | None, interval: float
+    ) -> Observation:
+        """Write the row of ``name`` for ``process`` in one atomic statement, if allowed.
+
+        The row is written (version + 1, or 0 when created; timestamp now) when it is
+        missing, when it is older than ``interval`` seconds on the database clock, or when
+        it carries ``process`` and either ``last.version`` (the version this instance last
+        wrote and saw confirmed) or ``last.version + 1`` stamped after ``last.at`` but within
+        ``interval`` of it. Only a renewal of ``last`` by this instance whose reply was lost
+        can have written that row: any other writer must wait for ``last`` to expire first.
         """
 
-    def release(self, name: str, process: str, version: int) -> None:
-        """Expire the row if it still carries ``process`` and ``version``, waking waiters."""
+    def release(self, name: str, process: str, version: int) -> bool:
+        """Expire the row of ``name`` if it still carries ``process`` and ``version``, and
+        wake the processes waiting for it. True when a row was released."""
 
     def wait(self, seconds: float, wake_fd: int) -> None:
-        """Sleep up to ``seconds``; return early when ``wake_fd`` is readable or the flag
-        may have been released (a notification, where the database has them)."""
+        """Sleep up to ``seconds``; return early when ``wake_fd`` is readable or a watched
+        flag may have become free."""
+
+    def read_rows(self, name: str | None = None) -> list[StoredRow]:
+        """The rows of the table (only ``name``'s when given), sorted by name; empty when
+        the table does not exist. Creates nothing."""
+
+    def expire(self, name: str) -> bool:
+        """Administrative release: expire the row of ``name`` whoever holds it, bump its
+        version and wake waiting processes. True when the row exists. Creates nothing."""
+
+    def lock_row(self, conn: DBAPIConnection, name: str) -> tuple[str, int] | None:
+        """Inside the caller's open transaction on ``conn``, lock the row of ``name``
+        against takeovers until that transaction ends; return its (holder, version),
+        or None when there is no row."""
 
     def close(self) -> None:
         """Close the connection; idempotent."""
+
+
+def timeout_ms(timeout: float) -> int:
+    """``timeout`` seconds as whole milliseconds, at least 1."""
+    return max(1, round(timeout * 1000))
+
+
+def check_columns(columns: Mapping[str, str], expected: Mapping[str, Sequence[str]]) -> None:
+    """Raise SchemaError unless every expected column is present with an accepted type.
+
+    ``columns`` maps the table's column names to their types; ``expected`` maps each
+    required column to the types accepted for it (the first is the one we create).
+    """
+    for column, types in expected.items():
+        found = columns.get(column)
+        if found is None:
+            raise SchemaError(f"table {TABLE} has no column {column} (expected {types[0]})")
+        if found not in types:
+            raise SchemaError(
+                f"table {TABLE}: column {column} has type {found}, expected {types[0]}"
+            )
+
+
+def first_connection(connect: Callable[[], Any], where: str, timeout: float) -> Any:
+    """Open a store's first connection; a failure raises StoreUnavailable naming ``where``."""
+    try:
+        return connect()
+    except LeadershipError:
+        raise
+    except Exception as error:
+        raise StoreUnavailable(
+            f"cannot connect to {where} (timeout {timeout:g} s): {describe_error(error)}"
+        ) from None
 
 
 def describe_error(error: BaseException) -> str:
@@ -87,10 +215,11 @@ def drain(fd: int) -> None:
 
 
 class ConnectedStore:
-    """Holds one dedicated DB-API connection, opened lazily and dropped after any failure.
+    """Holds one dedicated connection, opened lazily by ``connect``.
 
-    Subclasses set up each new connection in ``_setup`` and use ``_connection()``;
-    a failed statement must call ``_reset()`` so the next call reconnects.
+    Subclasses set up each new connection in ``_setup`` and use ``_connection()``; after
+    a failure that broke the connection they call ``_reset()`` so the next call
+    reconnects. ``first``, when given, is the first connection (already open).
     """
 
     def __init__(self, connect: Callable[[], Any], first: Any = None) -> None:

@@ -19,7 +19,10 @@ from datetime import timedelta
 
 from .errors import ConfigurationError
 
-__all__ = ["SAFETY_MARGIN", "Timing", "seconds"]
+__all__ = ["SAFETY_MARGIN", "Duration", "Timing", "seconds"]
+
+Duration = float | timedelta
+"""A duration as a builder takes it: seconds (int or float) or a ``timedelta``."""
 
 SAFETY_MARGIN = 0.1
 """Fraction of the interval the local lease ends before the database's expiry."""

@@ -1,0 +1,62 @@
+"""What one instance holds of its flag's row: the term's token and the last confirmed write."""
+
+from __future__ import annotations
+
+from .store import Written
+
+__all__ = ["Tenure"]
+
+
+class Tenure:
+    """This instance's hold on its flag's row (not thread-safe: the campaign locks it).
+
+    Invariants:
+
+    - ``token`` is None exactly when ``last`` is None (nothing held);
+    - while held, ``token <= last.version``: the term started at version ``token`` and
+      this instance has since written every version up to ``last.version``;
+    - ``in_flight`` only while held: a renewal of ``last`` was sent and its outcome is not
+      known yet, so the row may already carry ``last.version + 1``;
+    - :meth:`versions` is therefore every version this instance may have written in the
+      term; no other writer can use them under this process name while its lease lasts.
+    """
+
+    __slots__ = ("in_flight", "last", "token")
+
+    def __init__(self) -> None:
+        self.token: int | None = None
+        self.last: Written | None = None
+        self.in_flight = False
+
+    @property
+    def held(self) -> bool:
+        return self.last is not None
+
+    def versions(self) -> tuple[int, int] | None:
+        """(first, last) versions this instance may have written in the term, the last
+        including a renewal in flight; None when nothing is held."""
+        if self.token is None or self.last is None:
+            return None
+        return self.token, self.last.version + 1 if self.in_flight else self.last.version
+
+    def sending(self) -> None:
+        """A renewal (or a first acquisition) is about to be sent."""
+        self.in_flight = self.last is not None
+
+    def unanswered(self) -> None:
+        """The renewal failed without an answer: whether it landed stays unknown."""
+        self.in_flight = False
+
+    def confirm(self, written: Written, new_term: bool) -> None:
+        """The store wrote ``written`` for this instance; ``new_term`` starts a term at it
+        (a first acquisition always does)."""
+        if new_term or self.token is None:
+            self.token = written.version
+        self.last = written
+        self.in_flight = False
+
+    def end(self) -> Written | None:
+        """Forget the term; return the last confirmed write, if any (to release it)."""
+        last = self.last
+        self.token, self.last, self.in_flight = None, None, False
+        return last
