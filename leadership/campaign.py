@@ -91,6 +91,8 @@ class Campaign:
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
+        self._pipe_open = True
+        self._pipe_lock = threading.Lock()  # no write to a closed (maybe reused) descriptor
         self._thread = threading.Thread(target=self._run, name=f"leadership {name}", daemon=True)
 
     @property
@@ -114,12 +116,12 @@ class Campaign:
             self._stopping = True
             self._lease._lower()
         self._wake()
-        if self._thread.ident is None or self._thread is threading.current_thread():
+        if self._thread is threading.current_thread():
             return
-        self._thread.join(wait)
+        if self._thread.ident is not None:
+            self._thread.join(wait)
         if not self._thread.is_alive():
-            os.close(self._wake_read)
-            os.close(self._wake_write)
+            self._close_pipe()
 
     def resign(self, seconds: float) -> None:
         """Lower now, release the row and stand aside for ``seconds`` (any thread)."""
@@ -133,8 +135,17 @@ class Campaign:
         return self._stopping
 
     def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):  # a full pipe wakes it anyway
-            os.write(self._wake_write, b"!")
+        with self._pipe_lock:
+            if self._pipe_open:
+                with contextlib.suppress(BlockingIOError):  # a full pipe wakes it anyway
+                    os.write(self._wake_write, b"!")
+
+    def _close_pipe(self) -> None:
+        with self._pipe_lock:
+            if self._pipe_open:
+                self._pipe_open = False
+                os.close(self._wake_read)
+                os.close(self._wake_write)
 
     def _run(self) -> None:
         try:
