@@ -3,7 +3,10 @@
 >>> flag = leadership.new_flag().handle("sqlite:///flags.db").name("jobs").build()
 >>> if flag.raised(): ...
 
-``IMPLEMENTATION`` says which lease clock is active: "compiled" or "python".
+The public API is what this module exports, plus :mod:`leadership.testing` (the history
+witness and overlap checker for users' own tests). Every other module is internal and may
+change without notice. ``IMPLEMENTATION`` says which lease clock is active: "compiled" or
+"python".
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ __all__ = [
     "LeadershipLost",
     "SchemaError",
     "StoreUnavailable",
+    "__version__",
     "new_flag",
 ]
 
 __version__ = "0.1.0"
+"""The package version (the only place it is written; pyproject.toml reads it)."""
