@@ -9,24 +9,9 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, NamedTuple
 
+from leadership.backends import open_store
 from tests.conftest import execute
 
-PG_TABLE = """
-CREATE TABLE IF NOT EXISTS leadership_flags (
-    name text PRIMARY KEY,
-    holder text NOT NULL,
-    version bigint NOT NULL,
-    timestamp timestamp with time zone NOT NULL
-)
-"""
-SQLITE_TABLE = """
-CREATE TABLE IF NOT EXISTS leadership_flags (
-    name TEXT PRIMARY KEY,
-    holder TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    timestamp REAL NOT NULL
-)
-"""
 SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
 
@@ -63,7 +48,8 @@ def run(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
 
 
 def create_table(dsn: str) -> None:
-    run(dsn, SQLITE_TABLE if is_sqlite(dsn) else PG_TABLE)
+    """Create the flags table as the package does (its schema is written only there)."""
+    open_store(dsn, timeout=5.0).close()
 
 
 def put_row(dsn: str, name: str, holder: str, version: int, age: float = 0.0) -> None:
