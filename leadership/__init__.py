@@ -21,6 +21,7 @@ from .errors import (
     StoreUnavailable,
 )
 from .flag import Flag
+from .signals import close_on_signals
 from .timing import SAFETY_MARGIN
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "SchemaError",
     "StoreUnavailable",
     "__version__",
+    "close_on_signals",
     "new_flag",
 ]
 

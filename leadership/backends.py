@@ -26,7 +26,7 @@ class Backend(Protocol):
     @property
     def SCHEMES(self) -> tuple[str, ...]: ...
 
-    def from_dsn(self, dsn: str, timeout: float) -> Store: ...
+    def from_dsn(self, dsn: str, timeout: float, *, create: bool = True) -> Store: ...
 
     def from_connection(
         self, connect: Callable[[], Any], first: Any, timeout: float
@@ -44,13 +44,14 @@ def open_store(
     """Connect to the handle's database and return its store, or raise.
 
     ``timeout`` bounds each operation. With ``prepare`` (the default) the table is
-    created if missing and its schema checked; without it nothing is created.
+    created if missing and its schema checked; without it nothing is created (not even
+    an SQLite file).
 
     Raises ConfigurationError for a bad handle, StoreUnavailable when the database
     cannot be reached or refuses the connection, SchemaError for a bad table.
     """
     try:
-        store = _store(handle, timeout)
+        store = _store(handle, timeout, create=prepare)
     except LeadershipError:
         raise
     except Exception as error:  # the first connection failed while being set up
@@ -68,12 +69,12 @@ def open_store(
     return store
 
 
-def _store(handle: str | Callable[[], DBAPIConnection], timeout: float) -> Store:
+def _store(handle: str | Callable[[], DBAPIConnection], timeout: float, *, create: bool) -> Store:
     if isinstance(handle, str):
         scheme = scheme_of(handle)
         for backend in BACKENDS:
             if scheme in backend.SCHEMES:
-                return backend.from_dsn(handle, timeout)
+                return backend.from_dsn(handle, timeout, create=create)
         known = ", ".join(f"{s}://" for backend in BACKENDS for s in backend.SCHEMES)
         shown = redact(handle) if handle.strip() else "an empty string"
         raise ConfigurationError(

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from .clock import jittered, now_ns
 from .metrics import FlagMetrics
-from .store import Observation, Store, describe_error
+from .store import HoldLost, Observation, Store, describe_error
 from .tenure import Tenure
 from .timing import Timing
 
@@ -96,9 +96,9 @@ class Campaign:
         self._thread = threading.Thread(target=self._run, name=f"leadership {name}", daemon=True)
 
     @property
-    def token(self) -> int | None:
-        """The version that started the current term; None when not holding the row."""
-        return self._tenure.token
+    def term_start(self) -> int | None:
+        """The row version that started the current term; None when not holding the row."""
+        return self._tenure.start
 
     def versions(self) -> tuple[int, int] | None:
         """The versions this instance may have written in its current term (first, last;
@@ -129,6 +129,15 @@ class Campaign:
             self._resign_for = seconds
             self._lease._lower()
         self._wake()
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: stopped, holding nothing, with fresh locks (a parent thread
+        may have held the old ones at the fork) and without the parent's wake pipe."""
+        self._lock = threading.Lock()
+        self._pipe_lock = threading.Lock()
+        self._tenure = Tenure()
+        self._stopping = True
+        self._close_pipe()
 
     @property
     def stopping(self) -> bool:
@@ -212,6 +221,15 @@ class Campaign:
             seen = self._store.acquire_or_renew(
                 self._name, self._process, last, self._timing.interval
             )
+        except HoldLost as error:
+            with self._lock:
+                self._tenure.end()
+                self._lease._lower()
+            self._logger.error(
+                "flag %r: %s; what this instance held there is gone", self._name, error
+            )
+            self._report(str(error))
+            return FIRST_RETRY
         except Exception as error:
             with self._lock:
                 self._tenure.unanswered()

@@ -11,6 +11,7 @@ import asyncio
 import atexit
 import logging
 import os
+import threading
 import weakref
 from collections.abc import Callable
 from types import TracebackType
@@ -18,7 +19,7 @@ from types import TracebackType
 from .callbacks import Callback, Callbacks
 from .campaign import Campaign
 from .clock import Lease
-from .errors import LeadershipLost
+from .errors import LeadershipError, LeadershipLost
 from .fencing import verify_holder
 from .metrics import FlagMetrics
 from .store import DBAPIConnection, Store
@@ -63,7 +64,7 @@ class Flag(Lease):
         self._waiters = Waiters(self)
         self._callbacks = Callbacks(
             self,
-            lambda: self._campaign.token,
+            lambda: self._campaign.term_start,
             logger,
             name,
             on_raised=on_raised,
@@ -94,13 +95,14 @@ class Flag(Lease):
 
     @property
     def token(self) -> int | None:
-        """The fencing token of the current term (the row version that started it).
+        """The fencing token of the current term, or None while lowered.
 
-        Constant during one leadership term, strictly greater in every later term;
-        None while the flag is not raised.
+        Constant during one leadership term, strictly greater in every later term, and
+        at least 1 (one more than the row's version at the start of the term), so
+        ``if flag.token:`` is a valid test.
         """
-        token = self._campaign.token
-        return token if token is not None and self.raised() else None
+        version = self._campaign.term_start
+        return version + 1 if version is not None and self.raised() else None
 
     def wait_raised(self, timeout: float | None = None) -> bool:
         """Block until the flag is raised (True) or ``timeout`` seconds pass (False).
@@ -127,7 +129,7 @@ class Flag(Lease):
         if token is None or versions is None:
             raise LeadershipLost(f"flag {self.name!r} is not raised in process {self.process!r}")
         verify_holder(self.name, self._store.lock_row(conn, self.name), self.process, versions)
-        if not self.raised() or self._campaign.token != token:
+        if not self.raised() or self._campaign.term_start != token - 1:
             raise LeadershipLost(f"flag {self.name!r}: the lease ran out while guarding")
         return token
 
@@ -157,11 +159,22 @@ class Flag(Lease):
         _live.discard(self)
 
     def _forget_after_fork(self) -> None:
-        """In a forked child: lowered for good, and never touches the parent's connection."""
+        """In a forked child: closed in every respect, and never touches the parent's
+        connection. Locks a parent thread may have held at the fork are replaced."""
         self._closed = True
         self._lower()
+        self._waiters = Waiters(self)
+        self._waiters.close()
+        self._campaign.forget_after_fork()
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            raise LeadershipError(
+                f"flag {self.name!r} is closed (it cannot be raised again): build a new one"
+            )
 
     def __enter__(self) -> Flag:
+        self._refuse_if_closed()
         return self
 
     def __exit__(
@@ -173,6 +186,7 @@ class Flag(Lease):
         self.close()
 
     async def __aenter__(self) -> Flag:
+        self._refuse_if_closed()
         return self
 
     async def __aexit__(
@@ -201,6 +215,27 @@ def _after_fork_in_child() -> None:
 def _close_all_at_exit() -> None:
     for flag in list(_live):
         flag.close()
+
+
+def close_all(wait: float) -> None:
+    """Lower every open flag of this process at once, then close them (releasing their
+    rows) on a helper thread, waiting for it up to ``wait`` seconds.
+
+    Safe to call from a signal handler: lowering takes no lock, and if the interrupted
+    code holds a lock the closing needs, the wait simply runs out (the rows then expire
+    on their own).
+    """
+    flags = list(_live)
+    for flag in flags:
+        flag._lower()
+
+    def close_them() -> None:
+        for flag in flags:
+            flag.close()
+
+    closer = threading.Thread(target=close_them, name="leadership close", daemon=True)
+    closer.start()
+    closer.join(wait)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

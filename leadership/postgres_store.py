@@ -121,14 +121,16 @@ def channel_for(name: str) -> str:
     return "leadership_" + hashlib.sha256(name.encode()).hexdigest()[:32]
 
 
-def from_dsn(dsn: str, timeout: float) -> PostgresStore:
-    """The store for a ``postgresql://`` DSN, connected through pg8000 (native protocol)."""
+def from_dsn(dsn: str, timeout: float, *, create: bool = True) -> PostgresStore:
+    """The store for a ``postgresql://`` DSN, connected through pg8000 (native protocol).
+    ``create`` is accepted for the factory's sake: connecting creates nothing here."""
     options = pg8000_options(dsn, timeout)
 
     def connect() -> Any:
         return pg8000.native.Connection(**options)
 
-    return PostgresStore(connect, timeout, first=first_connection(connect, redact(dsn), timeout))
+    first = first_connection(connect, redact(dsn), options["timeout"])
+    return PostgresStore(connect, timeout, first=first)
 
 
 def from_connection(connect: Callable[[], Any], first: Any, timeout: float) -> PostgresStore:

@@ -1,29 +1,43 @@
 """The flags table in an SQLite file: the embedded default for processes on one host.
 
-All of SQLite's SQL lives here. The database clock is the host's wall clock as SQLite
-reads it. Checks run in an ``IMMEDIATE`` transaction (one writer at a time); the file is
-in WAL mode with a busy timeout equal to the flag's timeout. SQLite has no
-notifications, so a waiting store peeks at the rows it watches (a read, no lock) every
-``poll`` seconds and wakes its flag as soon as one is free.
+All of SQLite's SQL lives here. Rows are stamped with the host's boot clock and its
+domain (the boot id; see :mod:`leadership.host_clock`), read by the writer while it
+holds the file's write lock: wall-clock steps cannot move a lease, and a row stamped in
+another boot is expired. Attempts run in an ``IMMEDIATE`` transaction (one writer at a
+time); the file is in WAL mode with a busy timeout equal to the flag's timeout.
+
+Every attempt first checks that the path still names the file this connection has open
+(device and inode): a removed or replaced file means whatever this instance held there
+is gone, so the store raises :class:`~leadership.store.HoldLost` and reconnects.
+
+SQLite has no notifications, so a waiting store peeks at the rows it watches (a read,
+no lock) every ``poll`` seconds, and at the file's identity, and returns early as soon as
+a row is free or the file was replaced.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
-from .dsn import redact, sqlite_path
+from .dsn import sqlite_path
+from .errors import LeadershipError, StoreUnavailable
+from .host_clock import HostClock, host_clock
 from .store import (
     TABLE,
     ConnectedStore,
     DBAPIConnection,
+    HoldLost,
     Observation,
     StoredRow,
     Written,
     check_columns,
-    first_connection,
+    describe_error,
     timeout_ms,
 )
 
@@ -37,34 +51,49 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
     version INTEGER NOT NULL,
-    timestamp REAL NOT NULL
+    timestamp REAL NOT NULL,
+    domain TEXT
 )
 """
-
-NOW_EXPR = "(julianday('now') - 2440587.5) * 86400.0"
-"""The database clock: the host's wall clock in Unix seconds."""
-NOW = f"SELECT {NOW_EXPR}"
-EXPECTED = {"name": ("TEXT",), "holder": ("TEXT",), "version": ("INTEGER",), "timestamp": ("REAL",)}
+ADD_DOMAIN = f"ALTER TABLE {TABLE} ADD COLUMN domain TEXT"
+COLUMNS = f"PRAGMA table_info({TABLE})"
+EXPECTED = {
+    "name": ("TEXT",),
+    "holder": ("TEXT",),
+    "version": ("INTEGER",),
+    "timestamp": ("REAL",),
+    "domain": ("TEXT",),
+}
 EXISTS = f"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '{TABLE}'"
-ROWS = f"SELECT name, holder, version, {NOW_EXPR} - timestamp FROM {TABLE}"
-READ = f"SELECT holder, version, timestamp FROM {TABLE} WHERE name = ?"
-INSERT = f"INSERT INTO {TABLE} (name, holder, version, timestamp) VALUES (?, ?, 0, ?)"
-WRITE = f"UPDATE {TABLE} SET holder = ?, version = ?, timestamp = ? WHERE name = ?"
-RELEASE = f"UPDATE {TABLE} SET timestamp = 0 WHERE name = ? AND holder = ? AND version = ?"
-EXPIRE = f"UPDATE {TABLE} SET timestamp = 0, version = version + 1 WHERE name = ?"
-FREE = f"SELECT {NOW_EXPR} - timestamp > ? FROM {TABLE} WHERE name = ?"
+ROWS = f"SELECT name, holder, version, timestamp, domain FROM {TABLE}"
+READ = f"SELECT holder, version, timestamp, domain FROM {TABLE} WHERE name = ?"
+INSERT = f"INSERT INTO {TABLE} (name, holder, version, timestamp, domain) VALUES (?, ?, 0, ?, ?)"
+WRITE = f"UPDATE {TABLE} SET holder = ?, version = ?, timestamp = ?, domain = ? WHERE name = ?"
+RELEASE = f"UPDATE {TABLE} SET timestamp = ? WHERE name = ? AND holder = ? AND version = ?"
+EXPIRE = f"UPDATE {TABLE} SET timestamp = ?, version = version + 1 WHERE name = ?"
+TOUCH = f"UPDATE {TABLE} SET version = version WHERE name = ?"
+PEEK = f"SELECT timestamp, domain FROM {TABLE} WHERE name = ?"
+FILE = "SELECT file FROM pragma_database_list WHERE name = 'main'"
+
+RELEASED = -1e9
+"""The timestamp of a released row: older than any lease on any clock reading."""
 POLL_MIN, POLL_MAX = 0.005, 0.5
 """Bounds of the peek period (seconds); within them it is a twentieth of the interval."""
 
 
-def from_dsn(dsn: str, timeout: float) -> SqliteStore:
-    """The store for an ``sqlite:///path`` handle."""
+def from_dsn(dsn: str, timeout: float, *, create: bool = True) -> SqliteStore:
+    """The store for an ``sqlite:///path`` handle; without ``create`` a missing file is
+    an error instead of being created."""
     path = sqlite_path(dsn)
+    target = path if create else f"file:{quote(os.path.abspath(path))}?mode=rw"
 
     def open_file() -> sqlite3.Connection:
-        return sqlite3.connect(path, timeout=timeout, check_same_thread=False)
+        try:
+            return sqlite3.connect(target, timeout=timeout, check_same_thread=False, uri=not create)
+        except sqlite3.Error as error:
+            raise StoreUnavailable(_explain(path, error)) from None
 
-    return SqliteStore(open_file, timeout, first=first_connection(open_file, redact(dsn), timeout))
+    return SqliteStore(open_file, timeout, first=open_file())
 
 
 def from_connection(connect: Callable[[], Any], first: Any, timeout: float) -> SqliteStore | None:
@@ -83,6 +112,7 @@ class SqliteStore(ConnectedStore):
 
     ``connect`` opens a new connection; ``timeout`` is the busy timeout. With
     ``thread_bound``, the connection open during ``prepare()`` is closed after it.
+    ``clock`` stamps the rows (default: the host's boot clock).
     """
 
     def __init__(
@@ -92,10 +122,14 @@ class SqliteStore(ConnectedStore):
         first: Any = None,
         *,
         thread_bound: bool = False,
+        clock: HostClock | None = None,
     ) -> None:
         self._timeout_ms = timeout_ms(timeout)
         self._thread_bound = thread_bound
+        self._clock = clock or host_clock()
         self._watched: dict[str, float] = {}  # flag name -> interval
+        self._path = ""  # the database file of the open connection
+        self._identity: tuple[int, int] | None = None  # its (device, inode)
         super().__init__(connect, first)
 
     @property
@@ -106,17 +140,36 @@ class SqliteStore(ConnectedStore):
 
     def _setup(self, conn: Any) -> None:
         conn.isolation_level = None  # we open our own transactions
-        conn.execute(f"PRAGMA busy_timeout = {self._timeout_ms}")
+        self._path = str(conn.execute(FILE).fetchone()[0])
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {self._timeout_ms}")
+            self._switch_to_wal(conn)
+        except sqlite3.Error as error:
+            raise StoreUnavailable(_explain(self._path, error)) from None
+        self._identity = _identity(self._path)
+
+    def _switch_to_wal(self, conn: Any) -> None:
         # Switching to WAL needs a lock SQLite's busy handler does not wait for: retry.
         give_up = time.monotonic() + self._timeout_ms / 1000
         while True:
             try:
                 conn.execute("PRAGMA journal_mode = WAL")
                 return
-            except sqlite3.OperationalError:
-                if time.monotonic() > give_up:
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > give_up:
                     raise
                 time.sleep(0.005)
+
+    def _replaced(self) -> str | None:
+        """Why the path no longer names the open file (removed, replaced), or None."""
+        if self._identity is None:
+            return None
+        now = _identity(self._path)
+        if now == self._identity:
+            return None
+        if now is None:
+            return f"SQLite file {self._path} was removed"
+        return f"SQLite file {self._path} was replaced by another file"
 
     def _transaction(self, work: Callable[[Any], Any]) -> Any:
         try:
@@ -145,10 +198,19 @@ class SqliteStore(ConnectedStore):
     def prepare(self) -> None:
         def create(conn: Any) -> dict[str, str]:
             conn.execute(CREATE)
-            rows = conn.execute(f"PRAGMA table_info({TABLE})")
-            return {row[1]: str(row[2]).upper() for row in rows}
+            columns = {row[1]: str(row[2]).upper() for row in conn.execute(COLUMNS)}
+            if "domain" not in columns:  # a table made by version 0.1
+                conn.execute(ADD_DOMAIN)
+                columns["domain"] = "TEXT"
+            return columns
 
-        check_columns(self._transaction(create), EXPECTED)
+        try:
+            columns = self._transaction(create)
+        except LeadershipError:
+            raise
+        except sqlite3.Error as error:
+            raise StoreUnavailable(_explain(self._path, error)) from None
+        check_columns(columns, EXPECTED)
         if self._thread_bound:
             self._reset()
 
@@ -161,32 +223,39 @@ class SqliteStore(ConnectedStore):
     def acquire_or_renew(
         self, name: str, process: str, last: Written | None, interval: float
     ) -> Observation:
+        clock = self._clock
+
         def attempt(conn: Any) -> Observation:
-            now = conn.execute(NOW).fetchone()[0]
+            replaced = self._replaced()  # checked under the write lock of the open file
+            if replaced is not None:
+                raise HoldLost(replaced)
+            now = clock.read()
             row = conn.execute(READ, (name,)).fetchone()
             if row is None:
-                conn.execute(INSERT, (name, process, now))
+                conn.execute(INSERT, (name, process, now, clock.domain))
                 return Observation(Written(0, now))
-            holder, version, written_at = row
+            holder, version, at, domain = row
+            if domain != clock.domain:  # stamped in another boot or clock domain: expired
+                at = -math.inf
             ours = (
                 holder == process
                 and last is not None
                 and (
                     version == last.version
-                    or (version == last.version + 1 and last.at < written_at <= last.at + interval)
+                    or (version == last.version + 1 and last.at < at <= last.at + interval)
                 )
             )
-            if ours or now - written_at > interval:
-                conn.execute(WRITE, (process, version + 1, now, name))
+            if ours or now - at > interval:
+                conn.execute(WRITE, (process, version + 1, now, clock.domain, name))
                 return Observation(Written(version + 1, now))
-            return Observation(None, holder, version, written_at + interval - now)
+            return Observation(None, holder, version, at + interval - now)
 
         result: Observation = self._transaction(attempt)
         return result
 
     def release(self, name: str, process: str, version: int) -> bool:
         def attempt(conn: Any) -> bool:
-            return bool(conn.execute(RELEASE, (name, process, version)).rowcount)
+            return bool(conn.execute(RELEASE, (RELEASED, name, process, version)).rowcount)
 
         released: bool = self._transaction(attempt)
         return released
@@ -194,44 +263,106 @@ class SqliteStore(ConnectedStore):
     def read_rows(self, name: str | None = None) -> list[StoredRow]:
         if not self._query(EXISTS)[0][0]:
             return []  # no table yet: no flags (and reading creates nothing)
+        columns = {row[1] for row in self._query(COLUMNS)}
+        sql = ROWS if "domain" in columns else ROWS.replace("domain", "NULL")
         params: tuple[str, ...] = () if name is None else (name,)
-        sql = ROWS if name is None else f"{ROWS} WHERE name = ?"
+        if name is not None:
+            sql += " WHERE name = ?"
         rows = self._query(sql + " ORDER BY name", params)
-        return [StoredRow(str(n), str(h), int(v), float(a)) for n, h, v, a in rows]
+        now = self._clock.read()
+        return [
+            StoredRow(str(n), str(h), int(v), now - a if d == self._clock.domain else math.inf)
+            for n, h, v, a, d in rows
+        ]
 
     def expire(self, name: str) -> bool:
         if not self._query(EXISTS)[0][0]:
             return False
 
         def attempt(conn: Any) -> bool:
-            return bool(conn.execute(EXPIRE, (name,)).rowcount)
+            return bool(conn.execute(EXPIRE, (RELEASED, name)).rowcount)
 
         expired: bool = self._transaction(attempt)
         return expired
 
     def lock_row(self, conn: DBAPIConnection, name: str) -> tuple[str, int] | None:
+        """Take the file's write lock in the caller's transaction (a write that changes
+        nothing), then read the row: no renewal or takeover commits until that
+        transaction ends. The connection must be in a transaction or open one
+        implicitly (sqlite3's default); an autocommit connection is refused."""
+        autocommit = getattr(conn, "autocommit", None) is True or (
+            getattr(conn, "isolation_level", "") is None
+        )
+        if autocommit and not getattr(conn, "in_transaction", False):
+            raise LeadershipError(
+                "guard() on SQLite needs the caller's transaction: this connection is in "
+                "autocommit mode; run conn.execute('BEGIN IMMEDIATE') first, or use "
+                "sqlite3's default isolation level"
+            )
         cursor = conn.cursor()
         try:
+            cursor.execute(TOUCH, (name,))
             cursor.execute(READ, (name,))
             row = cursor.fetchone()
         finally:
             cursor.close()
-        return None if row is None else (str(row[0]), int(row[1]))
+        if row is None:
+            return None
+        holder, version, _, domain = row
+        if domain != self._clock.domain:
+            return None  # stamped in another boot: nobody holds it
+        return str(holder), int(version)
 
     def wait(self, seconds: float, wake_fd: int) -> None:
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
-            if self._sleep(min(left, self.poll), wake_fd) == wake_fd or self._any_free():
+            if self._sleep(min(left, self.poll), wake_fd) == wake_fd:
+                return
+            if self._replaced() is not None or self._any_free():
                 return
 
     def _any_free(self) -> bool:
         """Peek (no lock) whether a watched row is missing or expired; False on any error."""
         try:
             conn = self._connection()
+            now = self._clock.read()
             for name, interval in self._watched.items():
-                row = conn.execute(FREE, (interval, name)).fetchone()
-                if row is None or row[0]:
+                row = conn.execute(PEEK, (name,)).fetchone()
+                if row is None or row[1] != self._clock.domain or now - row[0] > interval:
                     return True
-        except Exception:  # any failure, the factory's too: the next check will tell
+        except Exception:  # any failure, the factory's too: the next attempt will tell
             self._reset()
         return False
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of ``path``, or None when there is no such file."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _explain(path: str, error: BaseException) -> str:
+    """A one-line error about the SQLite file ``path`` with the most likely reason."""
+    return f"SQLite file {path}: {describe_error(error)}{_reason(path)}"
+
+
+def _reason(path: str) -> str:
+    directory = os.path.dirname(os.path.abspath(path)) or "/"
+    if not os.path.isdir(directory):
+        return f" (directory {directory} does not exist)"
+    exists = os.path.exists(path)
+    if not exists and not os.access(directory, os.W_OK | os.X_OK):
+        return f" (directory {directory} is not writable, so the file cannot be created)"
+    if not exists:
+        return " (no such file)"
+    if not os.access(path, os.R_OK | os.W_OK):
+        return " (the file is not writable by this user)"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return (
+            f" (directory {directory} is not writable: SQLite keeps its -wal and -shm "
+            "files beside the database)"
+        )
+    return ""

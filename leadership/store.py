@@ -23,6 +23,7 @@ __all__ = [
     "ConnectedStore",
     "Cursor",
     "DBAPIConnection",
+    "HoldLost",
     "Observation",
     "Store",
     "StoredRow",
@@ -59,6 +60,12 @@ class DBAPIConnection(Protocol):
     def cursor(self) -> Cursor: ...
 
     def close(self) -> None: ...
+
+
+class HoldLost(Exception):
+    """Raised by a store that knows whatever this instance held through it is gone (its
+    SQLite file was removed or replaced): the flag lowers at once instead of waiting for
+    its deadline. The message names the cause."""
 
 
 @dataclass(frozen=True)

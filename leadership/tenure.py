@@ -1,4 +1,4 @@
-"""What one instance holds of its flag's row: the term's token and the last confirmed write."""
+"""What one instance holds of its flag's row: where its term started and its last write."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ class Tenure:
 
     Invariants:
 
-    - ``token`` is None exactly when ``last`` is None (nothing held);
-    - while held, ``token <= last.version``: the term started at version ``token`` and
+    - ``start`` is None exactly when ``last`` is None (nothing held);
+    - while held, ``start <= last.version``: the term started at version ``start`` and
       this instance has since written every version up to ``last.version``;
     - ``in_flight`` only while held: a renewal of ``last`` was sent and its outcome is not
       known yet, so the row may already carry ``last.version + 1``;
@@ -21,10 +21,10 @@ class Tenure:
       term; no other writer can use them under this process name while its lease lasts.
     """
 
-    __slots__ = ("in_flight", "last", "token")
+    __slots__ = ("in_flight", "last", "start")
 
     def __init__(self) -> None:
-        self.token: int | None = None
+        self.start: int | None = None
         self.last: Written | None = None
         self.in_flight = False
 
@@ -35,9 +35,9 @@ class Tenure:
     def versions(self) -> tuple[int, int] | None:
         """(first, last) versions this instance may have written in the term, the last
         including a renewal in flight; None when nothing is held."""
-        if self.token is None or self.last is None:
+        if self.start is None or self.last is None:
             return None
-        return self.token, self.last.version + 1 if self.in_flight else self.last.version
+        return self.start, self.last.version + 1 if self.in_flight else self.last.version
 
     def sending(self) -> None:
         """A renewal (or a first acquisition) is about to be sent."""
@@ -50,13 +50,13 @@ class Tenure:
     def confirm(self, written: Written, new_term: bool) -> None:
         """The store wrote ``written`` for this instance; ``new_term`` starts a term at it
         (a first acquisition always does)."""
-        if new_term or self.token is None:
-            self.token = written.version
+        if new_term or self.start is None:
+            self.start = written.version
         self.last = written
         self.in_flight = False
 
     def end(self) -> Written | None:
         """Forget the term; return the last confirmed write, if any (to release it)."""
         last = self.last
-        self.token, self.last, self.in_flight = None, None, False
+        self.start, self.last, self.in_flight = None, None, False
         return last

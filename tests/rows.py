@@ -1,7 +1,8 @@
 """Direct access to the flags table of either store, as another program would have it.
 
 The table is the documented one (``leadership_flags(name, holder, version, timestamp)``);
-on SQLite the timestamp is Unix seconds (REAL) on the host's clock.
+on SQLite the timestamp is seconds (REAL) on the host's boot clock, with its ``domain``
+(the boot id) in an extra column.
 """
 
 from __future__ import annotations
@@ -10,9 +11,8 @@ import sqlite3
 from typing import Any, NamedTuple
 
 from leadership.backends import open_store
+from leadership.host_clock import host_clock
 from tests.conftest import execute
-
-SQLITE_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
 
 class Row(NamedTuple):
@@ -53,50 +53,48 @@ def create_table(dsn: str) -> None:
 
 
 def put_row(dsn: str, name: str, holder: str, version: int, age: float = 0.0) -> None:
-    """Create or overwrite the row of ``name``, stamped ``age`` seconds ago (database clock)."""
+    """Create or overwrite the row of ``name``, stamped ``age`` seconds ago (database clock;
+    on SQLite the host's boot clock, in this boot)."""
     create_table(dsn)
-    stamp = f"{SQLITE_NOW} - %s" if is_sqlite(dsn) else "now() - make_interval(secs => %s)"
-    run(
-        dsn,
-        "INSERT INTO leadership_flags (name, holder, version, timestamp) "
-        f"VALUES (%s, %s, %s, {stamp}) ON CONFLICT (name) DO UPDATE SET "
-        "holder = excluded.holder, version = excluded.version, timestamp = excluded.timestamp",
-        (name, holder, version, age),
+    upsert = (
+        "INSERT INTO leadership_flags (name, holder, version, timestamp{extra}) "
+        "VALUES (%s, %s, %s, {stamp}{values}) ON CONFLICT (name) DO UPDATE SET "
+        "holder = excluded.holder, version = excluded.version, timestamp = excluded.timestamp"
     )
-
-
-def _age(dsn: str) -> str:
     if is_sqlite(dsn):
-        return f"{SQLITE_NOW} - timestamp"
-    return "EXTRACT(EPOCH FROM now() - timestamp)::float8"
+        clock = host_clock()
+        sql = upsert.format(extra=", domain", stamp="%s", values=", %s")
+        run(
+            dsn,
+            sql + ", domain = excluded.domain",
+            (name, holder, version, clock.read() - age, clock.domain),
+        )
+        return
+    sql = upsert.format(extra="", stamp="now() - make_interval(secs => %s)", values="")
+    run(dsn, sql, (name, holder, version, age))
+
+
+def read_rows(dsn: str, name: str | None = None) -> dict[str, Row]:
+    """Every row of the table (only ``name``'s when given), by flag name, aged as the
+    package ages them (on SQLite a row stamped in another boot is infinitely old)."""
+    store = open_store(dsn, timeout=5.0, prepare=False)
+    try:
+        rows = store.read_rows(name)
+    finally:
+        store.close()
+    return {row.name: Row(row.name, row.holder, row.version, row.age) for row in rows}
 
 
 def read_row(dsn: str, name: str) -> Row | None:
-    rows = run(
-        dsn,
-        f"SELECT name, holder, version, {_age(dsn)} FROM leadership_flags WHERE name = %s",
-        (name,),
-    )
-    if not rows:
-        return None
-    found, holder, version, seconds = rows[0]
-    return Row(found, holder, int(version), float(seconds))
-
-
-def read_rows(dsn: str) -> dict[str, Row]:
-    """Every row of the table, by flag name."""
-    rows = run(dsn, f"SELECT name, holder, version, {_age(dsn)} FROM leadership_flags")
-    return {
-        name: Row(name, holder, int(version), float(age)) for name, holder, version, age in rows
-    }
+    return read_rows(dsn, name).get(name)
 
 
 def steal(dsn: str, name: str, thief: str) -> None:
     """Take the row as ``thief`` with a fresh timestamp and the next version."""
-    now = SQLITE_NOW if is_sqlite(dsn) else "now()"
-    run(
-        dsn,
-        f"UPDATE leadership_flags SET holder = %s, version = version + 1, timestamp = {now} "
-        "WHERE name = %s",
-        (thief, name),
-    )
+    update = "UPDATE leadership_flags SET holder = %s, version = version + 1, timestamp = {now}"
+    if is_sqlite(dsn):
+        clock = host_clock()
+        sql = update.format(now="%s") + ", domain = %s WHERE name = %s"
+        run(dsn, sql, (thief, clock.read(), clock.domain, name))
+        return
+    run(dsn, update.format(now="now()") + " WHERE name = %s", (thief, name))

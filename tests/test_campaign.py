@@ -82,11 +82,11 @@ def make_rig() -> Callable[..., Rig]:
 def test_acquires_a_missing_row_then_renews_in_the_same_term(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig()
     assert rig.step() == TIMING.renew_every
-    assert rig.lease.raised() and rig.campaign.token == 0
+    assert rig.lease.raised() and rig.campaign.term_start == 0
     assert rig.lease.lease_remaining() == pytest.approx(9.0)
     assert rig.after(5.0) == TIMING.renew_every
     assert rig.store.rows[NAME].version == 1
-    assert rig.campaign.token == 0
+    assert rig.campaign.term_start == 0
     assert rig.lease.lease_remaining() == pytest.approx(9.0)  # counted from the renewal's start
     assert rig.campaign.versions() == (0, 1)
 
@@ -100,7 +100,7 @@ def test_a_failed_renewal_keeps_the_lease_and_retries_at_once(make_rig: Callable
     assert rig.after(FIRST_RETRY) == TIMING.retry_every  # later retries are spaced
     assert rig.lease.raised()
     assert rig.after(TIMING.retry_every) == TIMING.renew_every
-    assert rig.lease.raised() and rig.campaign.token == 0  # the same term
+    assert rig.lease.raised() and rig.campaign.term_start == 0  # the same term
     assert rig.store.rows[NAME] == FakeRow("me", 1, rig.time.now)
 
 
@@ -117,7 +117,7 @@ def test_failures_past_the_lease_lower_the_flag_and_end_the_term(
     rig.store.fail_next = 0
     rig.after(TIMING.retry_every)  # the row expired meanwhile (10 s): taken anew
     assert rig.lease.raised()
-    assert rig.campaign.token == 1  # a new term: work of the old one is fenced off
+    assert rig.campaign.term_start == 1  # a new term: work of the old one is fenced off
 
 
 def test_a_lost_reply_is_recognised_at_the_next_attempt(make_rig: Callable[..., Rig]) -> None:
@@ -131,7 +131,7 @@ def test_a_lost_reply_is_recognised_at_the_next_attempt(make_rig: Callable[..., 
     assert rig.campaign.versions() == (0, 0)
     assert rig.after(FIRST_RETRY) == TIMING.renew_every
     assert rig.store.rows[NAME].version == 2 and rig.store.rows[NAME].holder == "me"
-    assert rig.lease.raised() and rig.campaign.token == 0
+    assert rig.lease.raised() and rig.campaign.term_start == 0
     assert rig.log.errors() == ["flag 'jobs': check failed: the reply was lost"]
 
 
@@ -152,7 +152,7 @@ def test_another_holder_is_waited_for_until_its_row_expires(make_rig: Callable[.
     assert not rig.lease.raised()
     assert delay == pytest.approx(7.0 + WAKE_AFTER_EXPIRY)
     rig.after(delay)
-    assert rig.lease.raised() and rig.campaign.token == 5
+    assert rig.lease.raised() and rig.campaign.term_start == 5
     assert rig.log.errors() == []
 
 
@@ -162,7 +162,7 @@ def test_a_stolen_row_lowers_the_holder_at_its_next_attempt(make_rig: Callable[.
     rig.store.steal(NAME, "thief")
     rig.after(5.0)
     assert not rig.lease.raised()
-    assert rig.campaign.token is None and rig.campaign.versions() is None
+    assert rig.campaign.term_start is None and rig.campaign.versions() is None
 
 
 def test_a_duplicate_process_name_is_never_raised_and_reported_once(
@@ -201,7 +201,7 @@ def test_resign_lowers_releases_and_stands_aside(make_rig: Callable[..., Rig]) -
     assert rig.store.releases == [(NAME, "me", 0)]
     assert rig.store.rows[NAME].at == 0.0
     assert rig.after(3.0) == TIMING.renew_every
-    assert rig.lease.raised() and rig.campaign.token == 1  # a new term
+    assert rig.lease.raised() and rig.campaign.term_start == 1  # a new term
 
 
 def test_precheck_refusing_releases_and_recovering_contends_again(
@@ -219,7 +219,7 @@ def test_precheck_refusing_releases_and_recovering_contends_again(
     assert rig.store.releases == [(NAME, "me", 0)]
     answer["yes"] = True
     rig.after(5.0)
-    assert rig.lease.raised() and rig.campaign.token == 1
+    assert rig.lease.raised() and rig.campaign.term_start == 1
 
 
 def test_a_precheck_that_raises_counts_as_no(make_rig: Callable[..., Rig]) -> None:

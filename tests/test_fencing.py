@@ -73,7 +73,7 @@ def test_token_is_constant_in_a_term_and_greater_in_later_terms(
     a = make_flag(pg_dsn, "a")
     assert a.wait_raised(timeout=2.0)
     first = a.token
-    assert first is not None
+    assert first == 1, "the first term's token is 1 (truthy), one more than its version 0"
     b = make_flag(pg_dsn, "b")
     assert b.token is None
     started = time.monotonic()
@@ -81,7 +81,7 @@ def test_token_is_constant_in_a_term_and_greater_in_later_terms(
         assert a.token == first
         assert b.token is None
         time.sleep(0.01)
-    assert row_version(pg_dsn, flag_name) >= first + 2, "no renewal during the term"
+    assert row_version(pg_dsn, flag_name) >= first + 1, "no renewal during the term"
     a.close()
     assert a.token is None
     assert b.wait_raised(timeout=2.0)
@@ -167,7 +167,7 @@ def test_no_takeover_commits_while_a_guarded_transaction_is_open(
         assert failure.value.args[0]["C"] == "55P03", failure.value  # lock_not_available
         conn.commit()  # the guarded transaction ends: the same takeover goes through now
         cursor.execute(STEAL, ("thief", flag_name))
-        assert row_version(pg_dsn, flag_name) > token
+        assert row_version(pg_dsn, flag_name) >= token
         wait_or_fail(lambda: not holder.raised(), 1.0, "the holder sees the theft")
     finally:
         conn.close()
