@@ -4,7 +4,7 @@ A holder and a waiting process of one flag run for a window of wall time, once w
 DSN handle (pg8000, as users write it) and once with a psycopg connection factory (the
 callable handle). Each flag reaches the server through its own ``WireCounter`` relay,
 which counts statements and round trips on the wire. When a throwaway cluster with
-``pg_stat_statements`` can be started (``ScratchCluster``), each of the four flags
+``pg_stat_statements`` can be started (``harness.cluster``), each of the four flags
 connects as its own role, so the server's own statement counts and plan + execution
 time can be read per flag; otherwise the server figures are None.
 
@@ -24,10 +24,10 @@ from importlib.util import find_spec
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from scratch_cluster import ScratchCluster
 from wire_counter import WireCounter, WireCounts
 
 import leadership
+from harness.cluster import Cluster
 from leadership.dsn import pg8000_options
 
 __all__ = ["GO_ANCESTOR_ROUND_TRIPS", "RoleCost", "measure"]
@@ -46,6 +46,11 @@ def drivers() -> tuple[str, ...]:
 
 ROLES = ("holder", "waiting")
 SUBSYSTEM = "bench"
+STATISTICS_SETTINGS = {
+    "shared_preload_libraries": "pg_stat_statements",
+    "pg_stat_statements.track_planning": "on",
+}
+"""Server settings of the throwaway cluster: per-statement counts and timings."""
 
 
 SETUP_MARKERS = ("set_config(", "LISTEN ", "pg_attribute", "pg_index", "CREATE ")
@@ -121,7 +126,7 @@ def _handle(driver: str, user: str, database: str, port: int) -> str | Callable[
 class _Server:
     target: tuple[str, int] | str  # where the relays connect
     database: str
-    cluster: ScratchCluster | None
+    cluster: Cluster | None
     note: str
 
 
@@ -129,13 +134,16 @@ class _Server:
 def _server(base_dsn: str, use_cluster: bool) -> Iterator[_Server]:
     """A scratch cluster with pg_stat_statements and one role per flag when one can be
     started (and ``use_cluster``), else the server of ``base_dsn``."""
-    cluster = None
+    cluster: Cluster | None = None
     note = "server figures need pg_stat_statements (not measured)"
     if use_cluster:
+        cluster = Cluster(STATISTICS_SETTINGS)
         try:
-            cluster = ScratchCluster().start()
+            cluster.start()
             note = "server figures from pg_stat_statements on a throwaway cluster"
         except Exception as error:
+            cluster.remove()
+            cluster = None
             note = f"no throwaway cluster with pg_stat_statements ({error})"
     try:
         if cluster is not None:
@@ -155,7 +163,7 @@ def _server(base_dsn: str, use_cluster: bool) -> Iterator[_Server]:
             yield _Server(target, options["database"], None, note)
     finally:
         if cluster is not None:
-            cluster.stop()
+            cluster.remove()
 
 
 def _wait(condition: Callable[[], bool], seconds: float, what: str) -> None:

@@ -58,6 +58,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.append(str(HERE.parent))  # the checkout, for harness/ (the installed leadership wins)
 
 import db_cost  # noqa: E402
 import hot_path  # noqa: E402
@@ -66,8 +67,8 @@ import memory_cost  # noqa: E402
 from baseline_build import load_baseline  # noqa: E402
 
 import leadership  # noqa: E402
+from harness.sql import run_sql  # noqa: E402
 from leadership import _clock_py  # noqa: E402
-from leadership.admin import run_sql  # noqa: E402
 from leadership.dsn import redact  # noqa: E402
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"

@@ -7,15 +7,11 @@ same value the contenders use) to compute the time left on each lease.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import pg8000.dbapi
 
 from .backends import open_store
-from .dsn import pg8000_options
 from .store import StoredRow
 
-__all__ = ["FlagRow", "connect_autocommit", "read_flags", "release_flag", "run_sql"]
+__all__ = ["FlagRow", "read_flags", "release_flag"]
 
 
 @dataclass(frozen=True)
@@ -70,21 +66,3 @@ def release_flag(handle: str, name: str, timeout: float) -> FlagRow | None:
 
 def _aged(row: StoredRow, interval: float) -> FlagRow:
     return FlagRow(row.name, row.holder, row.version, row.age, interval)
-
-
-def connect_autocommit(dsn: str, timeout: float = 10.0) -> Any:
-    """A pg8000 DB-API connection to a PostgreSQL DSN, in autocommit mode (for tooling)."""
-    conn = pg8000.dbapi.connect(**pg8000_options(dsn, timeout))
-    conn.autocommit = True
-    return conn
-
-
-def run_sql(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    """Run one statement (``%s`` placeholders) on a fresh connection; return its rows."""
-    conn = connect_autocommit(dsn)
-    try:
-        cursor = conn.cursor()
-        cursor.execute(sql, params)
-        return list(cursor.fetchall()) if cursor.description else []
-    finally:
-        conn.close()

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import leadership
-from leadership.admin import connect_autocommit, run_sql
+from harness.sql import connect_autocommit, run_sql
 from leadership.postgres_store import CREATE
 
 MakeFlag = Callable[..., leadership.Flag]

@@ -1,6 +1,6 @@
 """A short chaos run is part of the suite: every fault kind, zero overlaps.
 
-Longer runs are a documented command: ``python -m leadership.chaos --seconds 300 --seed N``.
+Longer runs are a documented command: ``python -m harness.chaos --seconds 300 --seed N``.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from leadership.chaos.faults import KINDS, schedule
-from leadership.chaos.launch import launch, missing_tools
+from harness.chaos.faults import KINDS, schedule
+from harness.chaos.launch import launch
+from harness.cluster import missing_tools
 
 SEED = 10  # its first two rounds aim every kill, close, stop and partition at the holder
 SECONDS = 32

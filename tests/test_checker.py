@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from leadership.chaos.launch import launch, missing_tools
+from harness.chaos.launch import launch
+from harness.cluster import missing_tools
 from leadership.testing import (
     RECORD,
     History,

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from harness.proxy import TcpProxy
 from leadership import cli
 from tests.conftest import MakeFlag
 from tests.rows import put_row, read_row, run
-from tests.tcp_proxy import TcpProxy
 
 TIMEOUT = 30.0
 """Bound on any one command's run time (they take well under a second when idle)."""

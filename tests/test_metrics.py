@@ -10,11 +10,11 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from harness.proxy import TcpProxy
 from tests.conftest import MakeFlag
 from tests.connections import ConnectionFactory
 from tests.history import wait_for
 from tests.rows import create_table, is_sqlite, sqlite_path, steal
-from tests.tcp_proxy import TcpProxy
 
 SUBSYSTEM = "background_tasks"
 STATE = "background_tasks_leadership_flag_state"

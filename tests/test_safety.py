@@ -20,11 +20,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import leadership
+from harness.proxy import TcpProxy
 from leadership.clock import now_ns
 from tests.conftest import MakeFlag, admin_connect
 from tests.history import OverlapWatch, wait_for
 from tests.rows import create_table, read_row, sqlite_path
-from tests.tcp_proxy import TcpProxy
 
 INTERVAL = 0.6
 HANDOVERS = 10

@@ -29,9 +29,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from harness.proxy import TcpProxy
 from tests.conftest import MakeFlag, execute
 from tests.rows import create_table, read_row, steal
-from tests.tcp_proxy import TcpProxy
 
 INTERVAL = 2.0
 TIMING = ("--interval", "2", "--jitter", "0.1", "--timeout", "0.3")

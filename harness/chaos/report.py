@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..testing import History, Kind, Overlap, check
+from leadership.testing import History, Kind, Overlap, check
+
 from .faults import KINDS, PROCESS_KINDS, Fault
 from .runner import Experiment
 
@@ -339,10 +340,10 @@ def aggregate(summaries: Sequence[Summary]) -> Summary:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m leadership.chaos.report RUN.json...``: the figures of several runs."""
+    """``python -m harness.chaos.report RUN.json...``: the figures of several runs."""
     paths = argv if argv is not None else sys.argv[1:]
     if not paths:
-        print("usage: python -m leadership.chaos.report RUN.json...", file=sys.stderr)
+        print("usage: python -m harness.chaos.report RUN.json...", file=sys.stderr)
         return 2
     summaries = [Summary.from_json(json.loads(Path(p).read_text())) for p in paths]
     combined = aggregate(summaries)

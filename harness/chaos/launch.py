@@ -1,4 +1,4 @@
-"""Run ``python -m leadership.chaos`` as a bounded child process (for tests and CI).
+"""Run ``python -m harness.chaos`` as a bounded child process (for tests and CI).
 
 The child gets its own session; on timeout it receives SIGTERM (it then stops its
 contenders and its cluster), and SIGKILL for the whole session after a grace period.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cluster import ClusterError, _bindir
+from harness import child_env
 
-__all__ = ["Launched", "launch", "missing_tools"]
+__all__ = ["Launched", "launch"]
 
 
 @dataclass(frozen=True)
@@ -32,24 +31,13 @@ class Launched:
     summary: dict[str, Any]
 
 
-def missing_tools() -> str | None:
-    """Why a throwaway cluster cannot be made here, or None when it can."""
-    try:
-        _bindir()
-    except ClusterError as error:
-        return str(error)
-    if os.geteuid() == 0 and shutil.which("setpriv") is None:
-        return "running as root needs setpriv (util-linux) to start PostgreSQL as postgres"
-    return None
-
-
 def launch(args: list[str], workdir: Path, timeout: float, grace: float = 20.0) -> Launched:
     """Run the chaos CLI with ``args`` plus ``--json``/``--svg`` in ``workdir``."""
     summary_path = workdir / "summary.json"
     command = [
         sys.executable,
         "-m",
-        "leadership.chaos",
+        "harness.chaos",
         "--quiet",
         "--json",
         str(summary_path),
@@ -58,7 +46,11 @@ def launch(args: list[str], workdir: Path, timeout: float, grace: float = 20.0) 
         *args,
     ]
     child = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        env=child_env(),
     )
     try:
         stdout, stderr = child.communicate(timeout=timeout)

@@ -1,4 +1,4 @@
-"""``python -m leadership.chaos``: run a chaos experiment and report it.
+"""``python -m harness.chaos``: run a chaos experiment and report it.
 
 Exit status: 0 when safe, 1 on any overlap (or a deposed holder raised on resume),
 2 when the harness itself failed.
@@ -21,7 +21,7 @@ from .timeline import write
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m leadership.chaos",
+        prog="python -m harness.chaos",
         description="Contenders on a throwaway PostgreSQL behind TCP proxies, under seeded "
         "faults; checks that at most one process is raised at any instant.",
     )

@@ -11,7 +11,8 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
-from ..testing import overlaps
+from leadership.testing import overlaps
+
 from .faults import PROCESS_KINDS
 from .report import tenures
 from .runner import Experiment

@@ -23,15 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..testing import RECORD, History, Kind, read_history
-from ..timing import SAFETY_MARGIN, Timing
-from .cluster import Cluster
+from harness import child_env
+from harness.cluster import Cluster
+from harness.proxy import TcpProxy
+from leadership.store import TABLE
+from leadership.testing import RECORD, History, Kind, read_history
+from leadership.timing import SAFETY_MARGIN, Timing
+
 from .faults import KINDS, Fault, FaultSpec, schedule
-from .proxy import Proxy, ProxyHub
 
 __all__ = ["Experiment", "Settings", "load", "run", "save"]
 
-log = logging.getLogger("leadership.chaos")
+log = logging.getLogger("harness.chaos")
 
 RAISED_FRESHNESS_NS = 100_000_000
 """A witness log whose last run record is a START or TICK younger than this is raised."""
@@ -101,7 +104,7 @@ class Fleet:
     """The contender processes, one per slot, each behind its own proxy."""
 
     def __init__(
-        self, settings: Settings, cluster: Cluster, proxies: list[Proxy], logdir: Path
+        self, settings: Settings, cluster: Cluster, proxies: list[TcpProxy], logdir: Path
     ) -> None:
         self.settings = settings
         self.cluster = cluster
@@ -120,7 +123,7 @@ class Fleet:
         command = [
             sys.executable,
             "-m",
-            "leadership.chaos.contender",
+            "harness.chaos.contender",
             "--dsn",
             self.cluster.dsn(self.proxies[slot].port, application_name=process),
             "--name",
@@ -143,7 +146,11 @@ class Fleet:
             command.append("--unsafe")
         with open(self.logdir / f"{process}.err", "wb") as errors:
             popen = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=errors, stderr=errors
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=errors,
+                stderr=errors,
+                env=child_env(),
             )
         contender = Contender(slot, generation, process, path, popen)
         self.live[slot] = contender
@@ -324,7 +331,7 @@ class Injector:
     def _steal(self, spec: FaultSpec, victim: Contender, fault: Fault) -> None:
         fault.start = time.monotonic_ns()
         rows = self.admin.execute(
-            "UPDATE leadership_flags SET holder = 'thief', version = version + 1, "
+            f"UPDATE {TABLE} SET holder = 'thief', version = version + 1, "
             "timestamp = now() WHERE name = %s RETURNING version",
             (self.settings.name,),
         )
@@ -370,7 +377,7 @@ def _wait_for_holder(fleet: Fleet, timeout: float, admin: Admin | None = None) -
             return True
         if raised and admin is not None:
             rows = admin.execute(
-                "SELECT holder FROM leadership_flags WHERE name = %s", (fleet.settings.name,)
+                f"SELECT holder FROM {TABLE} WHERE name = %s", (fleet.settings.name,)
             )
             if rows and rows[0][0] in raised:
                 return True
@@ -421,9 +428,10 @@ def _run(settings: Settings, workdir: Path, say: Any) -> Experiment:
         settings.kinds,
         settings.holder_bias,
     )
-    with _terminate_as_exit(), Cluster() as cluster, ProxyHub() as hub:
+    with _terminate_as_exit(), Cluster() as cluster, contextlib.ExitStack() as stack:
         admin = Admin(cluster)
-        proxies = [hub.proxy(cluster.port) for _ in range(settings.contenders)]
+        upstream = ("127.0.0.1", cluster.port)
+        proxies = [stack.enter_context(TcpProxy(upstream)) for _ in range(settings.contenders)]
         fleet = Fleet(settings, cluster, proxies, logdir)
         injector = Injector(settings, fleet, cluster, admin)
         try:

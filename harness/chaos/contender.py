@@ -1,20 +1,22 @@
 """A contender process: builds a flag through the public API and witnesses ``raised()``.
 
-``python -m leadership.chaos.contender --dsn DSN --name N --process P --log FILE ...``
+``python -m harness.chaos.contender --dsn DSN --name N --process P --log FILE ...``
+(run with the checkout on ``PYTHONPATH``; see :func:`harness.child_env`).
 
 The witness log (see :mod:`leadership.testing`) gets a BUILT mark once the flag is
 built and a CLOSE mark around ``close()``. SIGTERM closes the flag gracefully and exits
-0; the process dies with its parent (parent-death signal). ``--unsafe`` replaces the
-flag by a deliberately broken one whose ``raised()`` is a cached boolean (the Go
-ancestor's behaviour), to show that the checker catches it.
+0; the process dies with its parent (parent-death signal). ``--unsafe`` wraps the flag
+in a deliberately broken :class:`CachedFlag` (the Go ancestor's behaviour), to show
+that the checker catches it.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
+import contextlib
 import logging
 import os
+import random
 import signal
 import sys
 import threading
@@ -22,67 +24,76 @@ import time
 from typing import Any
 
 import leadership
-from leadership.backends import open_store
-from leadership.clock import jittered
-from leadership.errors import StoreUnavailable
+from harness.sql import connect_autocommit
+from leadership.deadman import die_with_parent
+from leadership.store import TABLE
 from leadership.testing import Kind, Witness
 
 __all__ = ["CachedFlag", "main"]
 
-PR_SET_PDEATHSIG = 1
-
 
 class CachedFlag:
-    """UNSAFE on purpose: ``raised()`` returns the result of the last check, with no
-    deadline, so a paused or partitioned holder keeps seeing True."""
+    """UNSAFE on purpose, the Go ancestor's flaw: ``raised()`` returns a cached boolean
+    with no deadline of its own.
 
-    def __init__(self, dsn: str, name: str, process: str, interval: float, timeout: float):
-        self._store = open_store(dsn, name, interval, timeout)
-        self._name, self._process, self._interval = name, process, interval
+    ``flag`` (a real flag, built through the public API) does the campaigning. A thread
+    refreshes the boolean every ``interval / 2`` seconds (+-20 %) with a check on the
+    database, as the ancestor did: is this process the holder in the flag's row? The
+    answer stays in force until the next check completes, so a holder that was paused
+    or cut off keeps seeing True meanwhile. A failed check caches False. ``timeout``
+    (seconds) bounds each check; ``close()`` closes ``flag``.
+    """
+
+    def __init__(self, flag: leadership.Flag, dsn: str, interval: float, timeout: float) -> None:
+        self._flag = flag
+        self._dsn = dsn
+        self._period = interval / 2
+        self._timeout = timeout
         self._cached = False
-        self._mine = -1
-        self._stamp = 0.0
+        self._conn: Any = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._refresh, name="cached flag", daemon=True)
         self._thread.start()
 
     def raised(self) -> bool:
         return self._cached
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _holds(self) -> bool:
+        if self._conn is None:
+            self._conn = connect_autocommit(self._dsn, self._timeout)
+        cursor = self._conn.cursor()
+        cursor.execute(f"SELECT holder FROM {TABLE} WHERE name = %s", (self._flag.name,))
+        rows = cursor.fetchall()
+        return bool(rows) and rows[0][0] == self._flag.process
+
+    def _refresh(self) -> None:
+        while True:
             try:
-                seen = self._store.check(
-                    self._name, self._process, self._mine, self._stamp, self._interval
-                )
-                self._cached = seen.acquired
-                self._mine = seen.version if seen.acquired and seen.version is not None else -1
-                self._stamp = seen.stamp
+                self._cached = self._holds()
             except Exception:
                 self._cached = False
-            self._stop.wait(jittered(self._interval / 2, 0.2))
+                self._disconnect()
+            if self._stop.wait(self._period * random.uniform(0.8, 1.2)):
+                return
+
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def close(self) -> None:
         self._cached = False
         self._stop.set()
         self._thread.join(2.0)
-        self._store.close()
+        self._disconnect()
+        self._flag.close()
 
 
-def _die_with_parent() -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # pragma: no cover - not Linux
-        pass
-
-
-def _build(args: argparse.Namespace) -> Any:
+def _build(args: argparse.Namespace) -> leadership.Flag:
     """Build the flag, retrying while the database is unreachable (it may be faulted)."""
     while True:
         try:
-            if args.unsafe:
-                return CachedFlag(args.dsn, args.name, args.process, args.interval, args.timeout)
             return (
                 leadership.new_flag()
                 .handle(args.dsn)
@@ -93,7 +104,7 @@ def _build(args: argparse.Namespace) -> Any:
                 .timeout(args.timeout)
                 .build()
             )
-        except StoreUnavailable:
+        except leadership.StoreUnavailable:
             time.sleep(0.05)
         except Exception as error:  # e.g. the connection was cut while preparing the table
             logging.getLogger("leadership").warning("build failed, retrying: %s", error)
@@ -118,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unsafe", action="store_true", help="cached boolean, no deadline")
     args = parser.parse_args(argv)
 
-    _die_with_parent()
+    die_with_parent()
     parent = os.getppid()
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -133,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     before = time.monotonic_ns()
-    flag = _build(args)
+    built = _build(args)
+    flag = CachedFlag(built, args.dsn, args.interval, args.timeout) if args.unsafe else built
     witness.mark(Kind.BUILT, before, time.monotonic_ns())
     if os.getppid() != parent:
         return 1
