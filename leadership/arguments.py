@@ -20,7 +20,7 @@ __all__ = [
     "count",
     "fraction",
     "handle_of",
-    "seconds",
+    "seconds_argument",
 ]
 
 EXIT_USAGE = 2
@@ -41,8 +41,11 @@ Commands: TypeAlias = "argparse._SubParsersAction[Parser]"
 """What a command's ``add_<command>`` function receives to add its sub-parser to."""
 
 
-def seconds(text: str) -> float:
-    """argparse type: a positive, finite number of seconds."""
+def seconds_argument(text: str) -> float:
+    """argparse type: command-line text as a positive, finite number of seconds.
+
+    Raises argparse.ArgumentTypeError (a usage error) for anything else.
+    """
     try:
         value = float(text)
     except ValueError:
@@ -87,11 +90,11 @@ def add_flag_options(parser: argparse.ArgumentParser, *, name_required: bool) ->
     )  # fmt: skip
     parser.add_argument("--name", required=name_required, help="the flag's name")
     parser.add_argument(
-        "--interval", type=seconds, default=30.0, metavar="SECONDS",
+        "--interval", type=seconds_argument, default=30.0, metavar="SECONDS",
         help="lease interval, the same as the contenders' (default %(default)s)",
     )  # fmt: skip
     parser.add_argument(
-        "--timeout", type=seconds, default=1.0, metavar="SECONDS",
+        "--timeout", type=seconds_argument, default=1.0, metavar="SECONDS",
         help="limit on each database operation (default %(default)s)",
     )  # fmt: skip
 

@@ -1,9 +1,10 @@
-"""The operator commands: ``leadership run``, ``status`` and ``release``.
+"""The commands: ``leadership run``, ``status``, ``release`` and ``demo``.
 
 Exit status of ``run``: the command's own status (128+N when killed by signal N),
 ``EXIT_LOST`` (75) when leadership was lost while it ran, 128+N when interrupted by
 signal N while waiting. ``status`` and ``release``: 0 on success, 1 when the flag does
-not exist or the database fails, 2 for a usage mistake.
+not exist or the database fails, 2 for a usage mistake. ``demo``: 0 when every handover
+happened and no overlap was seen, 1 otherwise, 2 for a bad option.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ from .arguments import (
     count,
     fraction,
     handle_of,
-    seconds,
+    seconds_argument,
 )
 from .builder import new_flag
 from .errors import LeadershipError
 from .supervisor import CommandNotStarted, Supervisor, max_grace
 from .timing import Timing
 
-__all__ = ["add_release", "add_run", "add_status"]
+__all__ = ["add_demo", "add_release", "add_run", "add_status"]
 
 RELEASED_AGE = 1e8
 """Rows older than this many seconds were released (their timestamp is the epoch)."""
@@ -59,7 +60,7 @@ def add_run(commands: Commands) -> None:
         help="random spread of every scheduled wait (default %(default)s)",
     )  # fmt: skip
     parser.add_argument(
-        "--grace", type=seconds, metavar="SECONDS",
+        "--grace", type=seconds_argument, metavar="SECONDS",
         help="time COMMAND gets between SIGTERM and SIGKILL; at most interval * 0.9 - "
         "interval / 2 * (1 + jitter) - timeout, so a healthy holder never comes "
         "that close to the end of its lease (default: 5 s or that limit if smaller)",
@@ -216,3 +217,65 @@ def _release(args: argparse.Namespace) -> int:
         raise LeadershipError(f"no flag named {args.name!r}")
     print(f"released flag {row.name!r} (was held by {row.holder!r}, version {row.version})")
     return 0
+
+
+def add_demo(commands: Commands) -> None:
+    """``leadership demo``: the zero-set-up showcase."""
+    parser = commands.add_parser(
+        "demo",
+        help="watch local processes hand a flag over through faults (no set-up needed)",
+        description=(
+            "Start several local worker processes contending for one flag (by default on a "
+            "new SQLite file in a temporary directory, removed afterwards). Kill the leader "
+            "(SIGKILL), pause the next one past its lease (SIGSTOP, then SIGCONT) and close "
+            "the next one (flag.close()), printing who holds the flag and each handover time. "
+            "At the end, check from the workers' reports that no two of them saw raised() "
+            "True at the same time. Takes about 6 s with the defaults."
+        ),
+        epilog="Exit status: 0 when every handover happened and no overlap was seen, 1 "
+        "otherwise, 2 for a bad option, 130 when interrupted (the workers are stopped).",
+    )
+    parser.add_argument(
+        "--workers", type=count(3, 16), default=4, metavar="N",
+        help="number of worker processes, 3 to 16 (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--handle", metavar="DSN",
+        help="where the flag lives instead of the temporary SQLite file, e.g. "
+        "postgresql://user@host/db or sqlite:////path/flags.db",
+    )  # fmt: skip
+    parser.add_argument("--name", default="leadership-demo", help="flag name (default %(default)s)")
+    parser.add_argument(
+        "--interval", type=seconds_argument, default=1.0, metavar="SECONDS",
+        help="lease interval; renewals every half of it (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--jitter", type=fraction, default=0.2, metavar="FRACTION",
+        help="random spread of every scheduled wait, in [0, 1) (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--timeout", type=seconds_argument, metavar="SECONDS",
+        help="limit on each database operation (default: 80%% of the largest the timing "
+        "rule allows, 0.24 s with the default interval and jitter)",
+    )  # fmt: skip
+    parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="also show renewals and the workers' log records",
+    )  # fmt: skip
+    parser.set_defaults(run=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DemoOptions, run_demo  # imported on use: the demo is not a light module
+
+    return run_demo(
+        DemoOptions(
+            workers=args.workers,
+            handle=args.handle,
+            name=args.name,
+            interval=args.interval,
+            jitter=args.jitter,
+            timeout=args.timeout,
+            verbose=args.verbose,
+        )
+    )

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -90,6 +91,45 @@ class _GroupGuard:
             self._process.wait(5)
 
 
+class _LeaseWatch:
+    """Owns the lease deadline: follows the flag's renewals and keeps the dead man's
+    switch armed ``slack_ns`` past the current deadline (lease-clock ns)."""
+
+    def __init__(self, flag: Flag, deadman: DeadMan, slack_ns: int) -> None:
+        self._flag = flag
+        self._deadman = deadman
+        self._slack_ns = slack_ns
+        self.deadline = flag._deadline  # read before the first raised() check
+
+    def arm(self) -> None:
+        """Arm the switch for the current deadline."""
+        self._deadman.arm(self.deadline + self._slack_ns)
+
+    def follow(self) -> int:
+        """Take up a renewal, if the flag was renewed; return the current deadline."""
+        flag = self._flag
+        if flag.raised() and flag._deadline != self.deadline:
+            self.deadline = flag._deadline
+            self.arm()
+        return self.deadline
+
+    def disarm(self) -> None:
+        self._deadman.disarm()
+
+
+@dataclass(frozen=True)
+class _Stop:
+    """A stop under way: the command's group was signalled at some instant; it must be
+    gone by ``by_ns`` (that instant plus the grace) and before the lease ends."""
+
+    lost: bool  # leadership was ending when the stop began
+    by_ns: int  # lease-clock ns
+
+    def kill_due(self, now: int, deadline: int) -> bool:
+        """True once SIGKILL is due: at ``by_ns`` or at the lease ``deadline``."""
+        return now >= min(self.by_ns, deadline)
+
+
 class Supervisor:
     """Runs one command under one flag; ``run()`` returns the exit status."""
 
@@ -98,7 +138,7 @@ class Supervisor:
     ) -> None:
         self._flag = flag
         self._command = list(command)
-        self._grace = grace
+        self._grace_ns = int(grace * 1e9)
         self._logger = logger
         self._signal: int | None = None
         self._signalled = threading.Event()
@@ -132,17 +172,27 @@ class Supervisor:
         deadman = DeadMan()
         guard = _GroupGuard()
         try:
-            return self._supervise(deadman, guard)
+            return self._supervise(_LeaseWatch(flag, deadman, self._slack_ns), guard)
         finally:
             guard.close()
             deadman.close()
 
-    def _supervise(self, deadman: DeadMan, guard: _GroupGuard) -> int:
-        flag = self._flag
-        deadline = flag._deadline
-        if not flag.raised():
+    def _supervise(self, lease: _LeaseWatch, guard: _GroupGuard) -> int:
+        """Run the command while the lease lasts; return the exit status."""
+        if not self._flag.raised():
             return EXIT_LOST
-        deadman.arm(deadline + self._slack_ns)
+        lease.arm()
+        child = self._start(guard)
+        status, lost = self._watch(child, lease)
+        lease.disarm()
+        if lost:
+            self._logger.error("leadership lost; command stopped (status %s)", status)
+            return EXIT_LOST
+        self._logger.info("command exited with status %s; releasing", status)
+        return status
+
+    def _start(self, guard: _GroupGuard) -> subprocess.Popen[bytes]:
+        """Start the command in its own process group, watched by the guard."""
         try:
             child = subprocess.Popen(
                 self._command, start_new_session=True, preexec_fn=die_with_parent
@@ -151,54 +201,56 @@ class Supervisor:
             raise CommandNotStarted(self._command[0], error) from None
         guard.watch(child.pid)
         self._logger.info(
-            "flag %r raised: started %s (pid %d)", flag.name, self._command[0], child.pid
+            "flag %r raised: started %s (pid %d)", self._flag.name, self._command[0], child.pid
         )
-        grace_ns = int(self._grace * 1e9)
-        stop_by: int | None = None  # lease-clock ns by which the child must be gone
-        lost = False
+        return child
+
+    def _watch(self, child: subprocess.Popen[bytes], lease: _LeaseWatch) -> tuple[int, bool]:
+        """Wait for the command to exit, stopping it when due; return its status and
+        whether leadership was ending when it was stopped."""
+        stop: _Stop | None = None
         while (status := self._wait(child, POLL)) is None:
             now = now_ns()
-            if flag.raised() and flag._deadline != deadline:
-                deadline = flag._deadline
-                deadman.arm(deadline + self._slack_ns)
-            if stop_by is None:
-                lost = not flag.raised() or deadline - now <= grace_ns
-                if self._signal is not None:
-                    self._logger.info("forwarding signal %d to %s", self._signal, self._command)
-                    self._kill(child, self._signal)
-                elif lost:
-                    self._logger.error(
-                        "flag %r: leadership ending; stopping the command", flag.name
-                    )
-                    self._kill(child, signal.SIGTERM)
-                else:
-                    continue
-                stop_by = now + grace_ns
-            if now >= min(stop_by, deadline):
+            deadline = lease.follow()
+            if stop is None:
+                stop = self._begin_stop(child, now, deadline)
+            if stop is not None and stop.kill_due(now, deadline):
                 self._logger.error("command still running: SIGKILL")
                 self._kill(child, signal.SIGKILL)
-                status = self._wait(child, None)
-                break
-        deadman.disarm()
-        if lost:
-            self._logger.error("leadership lost; command stopped (status %s)", status)
-            return EXIT_LOST
-        self._logger.info("command exited with status %s; releasing", status)
-        return status if status is not None else EXIT_LOST
+                return _exit_status(child.wait()), stop.lost
+        return status, stop is not None and stop.lost
 
-    def _wait(self, child: subprocess.Popen[bytes], seconds: float | None) -> int | None:
-        """The child's exit status after up to ``seconds`` (None: until it exits)."""
-        if seconds is None:
-            code: int | None = child.wait()
+    def _begin_stop(self, child: subprocess.Popen[bytes], now: int, deadline: int) -> _Stop | None:
+        """Decide whether the command must stop now; if so, signal its group.
+
+        A signal received by this process is forwarded; otherwise the group gets SIGTERM
+        once the flag is lowered or the lease is within the grace of its end.
+        """
+        lost = not self._flag.raised() or deadline - now <= self._grace_ns
+        if self._signal is not None:
+            self._logger.info("forwarding signal %d to %s", self._signal, self._command)
+            self._kill(child, self._signal)
+        elif lost:
+            self._logger.error("flag %r: leadership ending; stopping the command", self._flag.name)
+            self._kill(child, signal.SIGTERM)
         else:
-            self._signalled.wait(seconds)
-            self._signalled.clear()
-            code = child.poll()
-        if code is None:
             return None
-        return 128 - code if code < 0 else code
+        return _Stop(lost, now + self._grace_ns)
+
+    def _wait(self, child: subprocess.Popen[bytes], seconds: float) -> int | None:
+        """The child's exit status after up to ``seconds`` (a signal to us cuts it
+        short), or None while it runs."""
+        self._signalled.wait(seconds)
+        self._signalled.clear()
+        code = child.poll()
+        return None if code is None else _exit_status(code)
 
     @staticmethod
     def _kill(child: subprocess.Popen[bytes], number: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, number)
+
+
+def _exit_status(code: int) -> int:
+    """A ``Popen`` return code as an exit status: 128+N when killed by signal N."""
+    return 128 - code if code < 0 else code

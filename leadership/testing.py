@@ -27,6 +27,12 @@ checker reports only definite overlaps, so a report is a real violation, never a
 artefact of sampling or of a pause in the middle of a call; it still catches a single
 True call made while another process surely held the flag. Availability is the measure
 of the union of the sure parts over a window: a lower bound.
+
+**Spans.** The overlap computation itself, :func:`overlapping_spans`, works on plain
+spans per process and serves any history of held intervals, sampled or reported (the
+``leadership demo``, in-process test watches): a span ``(start, end)`` says the process
+held the flag throughout ``[start, end]``; ``end < start`` stands for one unknown
+instant of ``[end, start]`` (a run's sure part when it is a single call).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from __future__ import annotations
 import os
 import struct
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -42,6 +48,7 @@ from pathlib import Path
 __all__ = [
     "RECORD",
     "Gap",
+    "HeldSpan",
     "History",
     "Kind",
     "Mark",
@@ -49,10 +56,12 @@ __all__ = [
     "Report",
     "Run",
     "Sample",
+    "Span",
     "Witness",
     "availability",
-    "check",
     "held_intervals",
+    "judge",
+    "overlapping_spans",
     "overlaps",
     "read_history",
 ]
@@ -292,18 +301,64 @@ class Overlap:
         )
 
 
-def overlaps(histories: Iterable[History]) -> list[Overlap]:
-    """Every pair of runs of different processes that definitely overlap."""
-    runs = sorted((run for h in histories for run in h.runs), key=lambda r: r.first_after)
-    found: list[Overlap] = []
-    active: list[Run] = []
-    for run in runs:
-        active = [other for other in active if other.last_before >= run.first_after]
-        for other in active:
-            if other.process != run.process and other.first_after <= run.last_before:
-                found.append(Overlap(other, run))
-        active.append(run)
+Span = tuple[float, float]
+"""``(start, end)`` on one clock, in any unit (ints stay exact): held throughout
+``[start, end]``; when ``end < start``, held at one unknown instant of ``[end, start]``."""
+
+
+@dataclass(frozen=True)
+class HeldSpan:
+    """Span number ``index`` (in its caller's order) of ``process``, as found by
+    :func:`overlapping_spans`."""
+
+    process: str
+    index: int
+    start: float
+    end: float
+
+
+def overlapping_spans(spans: Mapping[str, Sequence[Span]]) -> list[tuple[HeldSpan, HeldSpan]]:
+    """Every pair of spans of different processes that surely share an instant.
+
+    ``spans`` maps each process to its spans. Two spans ``a`` and ``b`` overlap when
+    ``a.start <= b.end and b.start <= a.end`` (closed spans): a span with ``end < start``
+    (one unknown instant) overlaps only a span covering the whole of ``[end, start]``,
+    and two such spans never do. Each pair comes once, the span that starts first
+    first, in the order of the later start.
+    """
+    ordered = sorted(
+        (
+            HeldSpan(process, index, start, end)
+            for process, own in spans.items()
+            for index, (start, end) in enumerate(own)
+        ),
+        key=lambda span: span.start,
+    )
+    found: list[tuple[HeldSpan, HeldSpan]] = []
+    active: list[HeldSpan] = []  # spans that may still reach a later start
+    for span in ordered:
+        active = [other for other in active if other.end >= span.start]
+        found += [
+            (other, span)
+            for other in active
+            if other.process != span.process and other.start <= span.end
+        ]
+        active.append(span)
     return found
+
+
+def overlaps(histories: Iterable[History]) -> list[Overlap]:
+    """Every pair of runs of different processes that definitely overlap (their sure
+    parts, ``Run.sure``, share an instant: see the module's documentation)."""
+    runs: dict[str, list[Run]] = {}
+    for history in histories:
+        for run in history.runs:
+            runs.setdefault(run.process, []).append(run)
+    spans = {process: [run.sure for run in own] for process, own in runs.items()}
+    return [
+        Overlap(runs[first.process][first.index], runs[second.process][second.index])
+        for first, second in overlapping_spans(spans)
+    ]
 
 
 def held_intervals(histories: Iterable[History]) -> list[tuple[int, int]]:
@@ -330,7 +385,12 @@ def availability(histories: Iterable[History], start: int, end: int) -> float:
 
 @dataclass(frozen=True)
 class Report:
-    """What :func:`check` found."""
+    """The verdict of :func:`judge` on a set of histories.
+
+    ``overlaps``: every definite overlap (empty for a safe history); ``availability``: the
+    fraction of the window in which some process surely held the flag (a lower bound);
+    ``runs``: how many runs the histories hold (0 means nothing was observed).
+    """
 
     overlaps: list[Overlap] = field(default_factory=list)
     availability: float = 0.0
@@ -338,15 +398,19 @@ class Report:
 
     @property
     def worst_overlap_ns(self) -> int:
+        """The longest sure common part of an overlap, ns (0 when none is longer than a call)."""
         return max((max(0, o.duration_ns) for o in self.overlaps), default=0)
 
     @property
     def safe(self) -> bool:
+        """True when no two processes definitely held the flag at once."""
         return not self.overlaps
 
 
-def check(histories: Sequence[History], start: int, end: int) -> Report:
-    """Overlaps and availability over the window ``[start, end]`` (ns)."""
+def judge(histories: Sequence[History], start: int, end: int) -> Report:
+    """Judge the histories over the window ``[start, end]`` (CLOCK_MONOTONIC ns): a
+    :class:`Report` of their definite overlaps and availability. Never raises for an
+    unsafe history: read ``Report.safe``."""
     return Report(
         overlaps(histories),
         availability(histories, start, end),

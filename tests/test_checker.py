@@ -26,8 +26,8 @@ from leadership.testing import (
     Kind,
     Witness,
     availability,
-    check,
     held_intervals,
+    judge,
     overlaps,
     read_history,
 )
@@ -58,7 +58,7 @@ def test_overlapping_history_is_reported(tmp_path: Path) -> None:
     assert len(found) == 1
     assert {found[0].first.process, found[0].second.process} == {"p", "q"}
     assert found[0].duration_ns == (200 - 181) * MS
-    report = check([p, q], 100 * MS, 300 * MS)
+    report = judge([p, q], 100 * MS, 300 * MS)
     assert not report.safe
     assert report.worst_overlap_ns == 19 * MS
 
@@ -66,7 +66,7 @@ def test_overlapping_history_is_reported(tmp_path: Path) -> None:
 def test_non_overlapping_history_is_not_reported(tmp_path: Path) -> None:
     p = read_history(run_log(tmp_path / "p.log", [(100, 101), (200, 201)]))
     q = read_history(run_log(tmp_path / "q.log", [(205, 206), (300, 301)]))
-    report = check([p, q], 100 * MS, 300 * MS)
+    report = judge([p, q], 100 * MS, 300 * MS)
     assert report.safe and report.overlaps == []
 
 

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from leadership.testing import History, Kind, Overlap, check
+from leadership.testing import History, Kind, Overlap, judge
 
 from .faults import KINDS, PROCESS_KINDS, Fault
 from .runner import Experiment
@@ -277,7 +277,7 @@ def summarise(experiment: Experiment) -> Summary:
     """The figures of one experiment."""
     s = experiment.settings
     histories = list(experiment.histories.values())
-    report = check(histories, experiment.start, experiment.end)
+    report = judge(histories, experiment.start, experiment.end)
     all_tenures = tenures(histories)
     starts = [f.start for f in experiment.faults[1:]] + [experiment.end]
     outcomes = [
