@@ -2,15 +2,24 @@
 
 PostgreSQL comes from ``LEADERSHIP_TEST_DSN`` (default: the server on this machine).
 When it cannot be reached, PostgreSQL tests skip with the reason, unless
-``LEADERSHIP_REQUIRE_POSTGRES`` is set (as in CI): then they fail.
+``LEADERSHIP_REQUIRE_POSTGRES`` is set (as in CI): then they fail. Every test that reaches
+PostgreSQL carries the ``postgres`` marker (added here for users of ``pg_dsn`` and of the
+postgres param of ``any_dsn``), so ``-m "not postgres"`` needs no database.
+
+One run covers both lease clocks: ``clock_module`` gives implementation-dependent tests the
+pure-Python twin and the compiled module in turn. The compiled one, and every test marked
+``compiled_only``, skips with the reason when the extension cannot be imported, unless
+``LEADERSHIP_EXPECT_COMPILED`` is set (as in CI): then it fails.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,13 +28,14 @@ from prometheus_client import CollectorRegistry
 
 import leadership
 from harness.sql import connect_autocommit, run_sql
-from leadership.postgres_store import CREATE
+from leadership.backends import open_store
 
 MakeFlag = Callable[..., leadership.Flag]
 """The type of the ``make_flag`` fixture."""
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test?sslmode=disable"
 BASE_DSN = os.environ.get("LEADERSHIP_TEST_DSN", DEFAULT_DSN)
+EXPECT_COMPILED = bool(os.environ.get("LEADERSHIP_EXPECT_COMPILED"))
 
 
 def pytest_report_header() -> list[str]:
@@ -33,6 +43,44 @@ def pytest_report_header() -> list[str]:
         f"leadership implementation: {leadership.IMPLEMENTATION}",
         f"PostgreSQL for tests: {leadership.dsn.redact(BASE_DSN)}",
     ]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``postgres`` every test that gets the test server through a fixture."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        callspec = getattr(item, "callspec", None)
+        through_any = callspec is not None and callspec.params.get("any_dsn") == "postgres"
+        if "pg_dsn" in fixtures or through_any:
+            item.add_marker(pytest.mark.postgres)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("compiled_only") is not None:
+        compiled_clock()
+
+
+def compiled_clock() -> ModuleType:
+    """The compiled lease clock module. When it cannot be imported, fail the calling test
+    if ``LEADERSHIP_EXPECT_COMPILED`` is set, else skip it with the reason."""
+    try:
+        return importlib.import_module("leadership._clock")
+    except ImportError as error:
+        reason = f"the compiled leadership._clock cannot be imported: {error}"
+        if EXPECT_COMPILED:
+            pytest.fail(reason + " (LEADERSHIP_EXPECT_COMPILED is set)")
+        pytest.skip(reason)
+
+
+@pytest.fixture(
+    params=["python", pytest.param("compiled", marks=pytest.mark.compiled_only)],
+)
+def clock_module(request: pytest.FixtureRequest) -> ModuleType:
+    """Each lease clock module in turn: ``leadership._clock_py``, then ``leadership._clock``
+    (same API: ``Lease``, ``now_ns``, ``jittered``, ``IMPLEMENTATION``)."""
+    if request.param == "python":
+        return importlib.import_module("leadership._clock_py")
+    return compiled_clock()
 
 
 admin_connect = connect_autocommit
@@ -66,7 +114,7 @@ def pg_dsn() -> Iterator[str]:
     try:
         # The table exists before any test: its one-time creation under a short test
         # timeout on a loaded machine would be noise (tests of creation make their own).
-        execute(dsn, CREATE)
+        open_store(dsn, timeout=10.0).close()  # creates the table, as build() would
         yield dsn
     finally:
         execute(BASE_DSN, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

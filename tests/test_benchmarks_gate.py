@@ -3,7 +3,9 @@
 It runs in a child process (its own interpreter, so pytest's threads and tracing do not
 touch the timings) against the test server, and fails with the benchmark's table when a
 gated figure is past its threshold (see the thresholds in ``benchmarks/run.py``).
-Only meaningful for the compiled implementation: skipped for the pure-Python twin.
+Only meaningful for the compiled implementation (``compiled_only``): it fails when the
+extension was expected (``LEADERSHIP_EXPECT_COMPILED``) but cannot be imported, and skips
+when the pure-Python twin is active.
 """
 
 from __future__ import annotations

@@ -350,6 +350,7 @@ def password_server() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.postgres  # its own throwaway cluster (password_server)
 def test_bad_password_fails_without_showing_it(
     password_server: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -366,6 +367,7 @@ def test_bad_password_fails_without_showing_it(
     assert SECRET not in caplog.text
 
 
+@pytest.mark.postgres  # its own throwaway cluster (password_server)
 def test_password_in_query_is_not_shown(
     password_server: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -378,6 +380,7 @@ def test_password_in_query_is_not_shown(
     assert SECRET not in caplog.text
 
 
+@pytest.mark.postgres  # its own throwaway cluster (password_server)
 def test_good_password_works(
     password_server: str, make_flag: Callable[..., leadership.Flag], flag_name: str
 ) -> None:

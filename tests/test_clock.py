@@ -1,10 +1,19 @@
-"""The lease clock: both twins (compiled and pure) in the same process, and which one is active."""
+"""The lease clock: both twins (compiled and pure) in one run, and the selector that picks one.
+
+Tests that depend on the implementation take the ``clock_module`` fixture (see conftest):
+they run once on ``leadership._clock_py`` and once on ``leadership._clock``. The selector
+(:mod:`leadership.clock`) is re-executed in-process under each condition, and a flag on the
+pure twin runs end to end in a child process with ``LEADERSHIP_NO_EXTENSIONS=1``.
+"""
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import os
 import statistics
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,55 +24,49 @@ import pytest
 import leadership
 import leadership._clock_py
 import leadership.clock
-
-NO_EXTENSIONS = bool(os.environ.get("LEADERSHIP_NO_EXTENSIONS"))
-EXPECT_COMPILED = bool(os.environ.get("LEADERSHIP_EXPECT_COMPILED"))
+from tests.conftest import EXPECT_COMPILED, compiled_clock
 
 
-def _compiled() -> ModuleType:
-    try:
-        return importlib.import_module("leadership._clock")
-    except ImportError as error:
-        if NO_EXTENSIONS:
-            pytest.skip(
-                f"compiled leadership._clock not importable ({error}); "
-                "LEADERSHIP_NO_EXTENSIONS is set, so a pure install is expected"
-            )
-        pytest.fail(f"compiled leadership._clock not importable: {error}")
+def run_selector(monkeypatch: pytest.MonkeyPatch, *, no_extensions: bool) -> ModuleType:
+    """Execute a fresh copy of ``leadership/clock.py`` (the live module is left alone)
+    with ``LEADERSHIP_NO_EXTENSIONS`` set or unset, and return it."""
+    if no_extensions:
+        monkeypatch.setenv("LEADERSHIP_NO_EXTENSIONS", "1")
+    else:
+        monkeypatch.delenv("LEADERSHIP_NO_EXTENSIONS", raising=False)
+    spec = importlib.util.spec_from_file_location(
+        "leadership._clock_selector_copy", leadership.clock.__file__
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-@pytest.fixture(params=["python", "compiled"])
-def twin(request: pytest.FixtureRequest) -> ModuleType:
-    """Each implementation of the lease clock module in turn."""
-    if request.param == "python":
-        return leadership._clock_py
-    return _compiled()
+def test_twin_says_what_it_is(clock_module: ModuleType) -> None:
+    expected = "python" if clock_module is leadership._clock_py else "compiled"
+    assert expected == clock_module.IMPLEMENTATION
 
 
-def test_twin_says_what_it_is(twin: ModuleType) -> None:
-    expected = "python" if twin is leadership._clock_py else "compiled"
-    assert expected == twin.IMPLEMENTATION
-
-
-def test_new_lease_is_lowered(twin: ModuleType) -> None:
-    lease = twin.Lease()
+def test_new_lease_is_lowered(clock_module: ModuleType) -> None:
+    lease = clock_module.Lease()
     assert lease.raised() is False
     assert lease.lease_remaining() == 0.0
     assert lease._deadline == 0
 
 
-def test_extended_lease_is_raised_until_its_deadline(twin: ModuleType) -> None:
-    lease = twin.Lease()
-    start = twin.now_ns()
+def test_extended_lease_is_raised_until_its_deadline(clock_module: ModuleType) -> None:
+    lease = clock_module.Lease()
+    start = clock_module.now_ns()
     lease._extend(start, 50_000_000)
     assert lease._deadline == start + 50_000_000
     assert lease.raised() is True
     seen_after = False
     give_up = time.monotonic() + 5
     while time.monotonic() < give_up:
-        before = twin.now_ns()
+        before = clock_module.now_ns()
         raised = lease.raised()
-        after = twin.now_ns()
+        after = clock_module.now_ns()
         if after < lease._deadline:
             assert raised is True, "lowered before the deadline"
         if before >= lease._deadline:
@@ -74,28 +77,28 @@ def test_extended_lease_is_raised_until_its_deadline(twin: ModuleType) -> None:
     assert lease.lease_remaining() == 0.0
 
 
-def test_lease_started_in_the_past_is_lowered(twin: ModuleType) -> None:
-    lease = twin.Lease()
-    lease._extend(twin.now_ns() - 2_000_000_000, 1_000_000_000)
+def test_lease_started_in_the_past_is_lowered(clock_module: ModuleType) -> None:
+    lease = clock_module.Lease()
+    lease._extend(clock_module.now_ns() - 2_000_000_000, 1_000_000_000)
     assert lease.raised() is False
     assert lease.lease_remaining() == 0.0
 
 
-def test_lower_drops_the_deadline(twin: ModuleType) -> None:
-    lease = twin.Lease()
-    lease._extend(twin.now_ns(), 10_000_000_000)
+def test_lower_drops_the_deadline(clock_module: ModuleType) -> None:
+    lease = clock_module.Lease()
+    lease._extend(clock_module.now_ns(), 10_000_000_000)
     assert lease.raised() is True
     lease._lower()
     assert lease.raised() is False
     assert lease.lease_remaining() == 0.0
     assert lease._deadline == 0
-    lease._extend(twin.now_ns(), 10_000_000_000)
+    lease._extend(clock_module.now_ns(), 10_000_000_000)
     assert lease.raised() is True, "a lowered lease can be extended again"
 
 
-def test_lease_remaining_counts_down_in_seconds(twin: ModuleType) -> None:
-    lease = twin.Lease()
-    lease._extend(twin.now_ns(), 10_000_000_000)
+def test_lease_remaining_counts_down_in_seconds(clock_module: ModuleType) -> None:
+    lease = clock_module.Lease()
+    lease._extend(clock_module.now_ns(), 10_000_000_000)
     first = lease.lease_remaining()
     assert isinstance(first, float)
     assert 9.0 < first <= 10.0
@@ -104,8 +107,8 @@ def test_lease_remaining_counts_down_in_seconds(twin: ModuleType) -> None:
     assert 0.01 < first - second < 1.0
 
 
-def test_lease_is_subclassable_with_attributes(twin: ModuleType) -> None:
-    class Named(twin.Lease):  # type: ignore[name-defined,misc]
+def test_lease_is_subclassable_with_attributes(clock_module: ModuleType) -> None:
+    class Named(clock_module.Lease):  # type: ignore[name-defined,misc]
         def __init__(self, name: str) -> None:
             super().__init__()
             self.name = name
@@ -113,12 +116,12 @@ def test_lease_is_subclassable_with_attributes(twin: ModuleType) -> None:
     lease = Named("x")
     assert lease.name == "x"
     assert lease.raised() is False
-    lease._extend(twin.now_ns(), 1_000_000_000)
+    lease._extend(clock_module.now_ns(), 1_000_000_000)
     assert lease.raised() is True
 
 
-def test_jittered_stays_within_bounds_and_spreads(twin: ModuleType) -> None:
-    samples = [twin.jittered(2.0, 0.25) for _ in range(20_000)]
+def test_jittered_stays_within_bounds_and_spreads(clock_module: ModuleType) -> None:
+    samples = [clock_module.jittered(2.0, 0.25) for _ in range(20_000)]
     assert all(1.5 <= value <= 2.5 for value in samples)
     assert min(samples) < 1.52
     assert max(samples) > 2.48
@@ -128,34 +131,35 @@ def test_jittered_stays_within_bounds_and_spreads(twin: ModuleType) -> None:
     assert len(set(samples)) > 19_000
 
 
-def test_jittered_without_jitter_is_exact(twin: ModuleType) -> None:
-    assert all(twin.jittered(0.3, 0.0) == 0.3 for _ in range(100))
+def test_jittered_without_jitter_is_exact(clock_module: ModuleType) -> None:
+    assert all(clock_module.jittered(0.3, 0.0) == 0.3 for _ in range(100))
 
 
-def test_now_ns_is_monotonic_integer_nanoseconds(twin: ModuleType) -> None:
-    previous = twin.now_ns()
+def test_now_ns_is_monotonic_integer_nanoseconds(clock_module: ModuleType) -> None:
+    previous = clock_module.now_ns()
     assert isinstance(previous, int)
     for _ in range(10_000):
-        current = twin.now_ns()
+        current = clock_module.now_ns()
         assert current >= previous
         previous = current
-    start = twin.now_ns()
+    start = clock_module.now_ns()
     time.sleep(0.05)
-    elapsed = twin.now_ns() - start
+    elapsed = clock_module.now_ns() - start
     assert 40_000_000 <= elapsed < 2_000_000_000
 
 
 @pytest.mark.skipif(not hasattr(time, "CLOCK_BOOTTIME"), reason="CLOCK_BOOTTIME is Linux-only")
-def test_now_ns_reads_the_boottime_clock(twin: ModuleType) -> None:
+def test_now_ns_reads_the_boottime_clock(clock_module: ModuleType) -> None:
     """The lease clock keeps counting while the machine is suspended (CLOCK_BOOTTIME)."""
     before = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-    value = twin.now_ns()
+    value = clock_module.now_ns()
     after = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
     assert before <= value <= after
 
 
+@pytest.mark.compiled_only
 def test_both_twins_share_one_clock() -> None:
-    compiled = _compiled()
+    compiled = compiled_clock()
     first = leadership._clock_py.now_ns()
     middle = compiled.now_ns()
     last = leadership._clock_py.now_ns()
@@ -169,23 +173,92 @@ def test_compiled_is_active_when_expected() -> None:
     assert leadership.IMPLEMENTATION == "compiled", (
         "the compiled lease clock was expected but the pure-Python twin is active"
     )
-    assert leadership.clock.Lease is _compiled().Lease
-
-
-def test_pure_is_active_without_extensions() -> None:
-    if not NO_EXTENSIONS:
-        pytest.skip("LEADERSHIP_NO_EXTENSIONS is not set")
-    assert leadership.IMPLEMENTATION == "python"
-    assert leadership.clock.Lease is leadership._clock_py.Lease
+    assert leadership.clock.Lease is compiled_clock().Lease
 
 
 def test_active_implementation_is_consistent() -> None:
     assert leadership.IMPLEMENTATION in ("compiled", "python")
     assert leadership.IMPLEMENTATION == leadership.clock.IMPLEMENTATION
-    module = leadership._clock_py if leadership.IMPLEMENTATION == "python" else _compiled()
+    module = leadership._clock_py if leadership.IMPLEMENTATION == "python" else compiled_clock()
     assert leadership.clock.Lease is module.Lease
     assert leadership.clock.now_ns is module.now_ns
     assert leadership.clock.jittered is module.jittered
+
+
+def exports_of(module: ModuleType) -> tuple[object, ...]:
+    return (module.IMPLEMENTATION, module.Lease, module.now_ns, module.jittered)
+
+
+def test_selector_picks_the_pure_twin_without_extensions(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The compiled module is not even tried: an import of it would raise here.
+    monkeypatch.setitem(sys.modules, "leadership._clock", None)
+    selector = run_selector(monkeypatch, no_extensions=True)
+    assert exports_of(selector) == exports_of(leadership._clock_py)
+    assert selector.IMPLEMENTATION == "python"
+
+
+@pytest.mark.compiled_only
+def test_selector_picks_the_compiled_module_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    selector = run_selector(monkeypatch, no_extensions=False)
+    assert exports_of(selector) == exports_of(compiled_clock())
+    assert selector.IMPLEMENTATION == "compiled"
+
+
+def test_selector_warns_and_falls_back_when_the_extension_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "leadership._clock", None)  # its import fails
+    with pytest.warns(RuntimeWarning, match="compiled lease clock is not available") as caught:
+        selector = run_selector(monkeypatch, no_extensions=False)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "LEADERSHIP_NO_EXTENSIONS=1" in message, "the warning says how to silence it"
+    assert "leadership._clock" in message, "the warning carries the import error"
+    assert exports_of(selector) == exports_of(leadership._clock_py)
+
+
+PURE_FLAG = textwrap.dedent(
+    """
+    import sys
+
+    import leadership
+    import leadership._clock_py as pure
+
+    assert leadership.IMPLEMENTATION == "python", leadership.IMPLEMENTATION
+    assert "leadership._clock" not in sys.modules, "the compiled module was loaded"
+    flag = (
+        leadership.new_flag().handle(sys.argv[1]).name("pure").process("p1")
+        .interval(0.6).jitter(0.0).timeout(0.15).build()
+    )
+    try:
+        assert isinstance(flag, pure.Lease)
+        assert type(flag).raised is pure.Lease.raised
+        assert flag.wait_raised(10), "not raised within 10 s"
+        assert flag.raised() and flag.lease_remaining() > 0
+    finally:
+        flag.close()
+    assert not flag.raised() and flag.lease_remaining() == 0.0
+    print("raised and closed on", leadership.IMPLEMENTATION)
+    """
+)
+
+
+def test_flag_runs_on_the_pure_twin_without_extensions(tmp_path: Path) -> None:
+    """The public API end to end on the pure lease, as a ``LEADERSHIP_NO_EXTENSIONS=1``
+    install runs it (its own interpreter: the live one has picked its lease type)."""
+    env = {**os.environ, "LEADERSHIP_NO_EXTENSIONS": "1"}
+    env.pop("LEADERSHIP_EXPECT_COMPILED", None)
+    done = subprocess.run(
+        [sys.executable, "-W", "error", "-c", PURE_FLAG, f"sqlite:///{tmp_path / 'flags.db'}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    assert done.stdout.strip() == "raised and closed on python"
+    assert done.stderr == ""
 
 
 def test_flag_raised_is_the_lease_method_itself(
