@@ -349,18 +349,25 @@ def _explain(path: str, error: BaseException) -> str:
     return f"SQLite file {path}: {describe_error(error)}{_reason(path)}"
 
 
+def _may(path: str, mode: int) -> bool:
+    """Whether this process (its effective user) may access ``path`` with ``mode``."""
+    if os.access in os.supports_effective_ids:
+        return os.access(path, mode, effective_ids=True)
+    return os.access(path, mode)
+
+
 def _reason(path: str) -> str:
     directory = os.path.dirname(os.path.abspath(path)) or "/"
     if not os.path.isdir(directory):
         return f" (directory {directory} does not exist)"
     exists = os.path.exists(path)
-    if not exists and not os.access(directory, os.W_OK | os.X_OK):
+    if not exists and not _may(directory, os.W_OK | os.X_OK):
         return f" (directory {directory} is not writable, so the file cannot be created)"
     if not exists:
         return " (no such file)"
-    if not os.access(path, os.R_OK | os.W_OK):
+    if not _may(path, os.R_OK | os.W_OK):
         return " (the file is not writable by this user)"
-    if not os.access(directory, os.W_OK | os.X_OK):
+    if not _may(directory, os.W_OK | os.X_OK):
         return (
             f" (directory {directory} is not writable: SQLite keeps its -wal and -shm "
             "files beside the database)"

@@ -11,6 +11,7 @@ import pty
 import re
 import select
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -306,6 +307,7 @@ def test_status_shows_holder_age_time_left_and_state(
 
 
 def test_status_on_sqlite_and_an_empty_table(tmp_path: Path, flag_name: str) -> None:
+    sqlite3.connect(tmp_path / "empty.db").close()  # a file without the table
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     filled = f"sqlite:///{tmp_path / 'filled.db'}"
     put_row(filled, flag_name, "alpha", 2, age=50.0)
