@@ -71,14 +71,19 @@ def open_store(
 
 def _store(handle: str | Callable[[], DBAPIConnection], timeout: float, *, create: bool) -> Store:
     if isinstance(handle, str):
+        if not handle.strip():
+            raise ConfigurationError(
+                "handle",
+                "is empty: give a DSN such as postgresql://user@host/db or sqlite:///flags.db",
+            )
         scheme = scheme_of(handle)
         for backend in BACKENDS:
             if scheme in backend.SCHEMES:
                 return backend.from_dsn(handle, timeout, create=create)
         known = ", ".join(f"{s}://" for backend in BACKENDS for s in backend.SCHEMES)
-        shown = redact(handle) if handle.strip() else "an empty string"
         raise ConfigurationError(
-            "handle", f"unknown scheme {scheme or '(none)'!r} in {shown}: expected {known}"
+            "handle",
+            f"unknown scheme {scheme or '(none)'!r} in {redact(handle)}: expected {known}",
         )
     if callable(handle):
         first = first_connection(handle, "the connection factory", timeout)
