@@ -2,16 +2,20 @@
 
 Exit status of ``run``: the command's own status (128+N when killed by signal N),
 ``EXIT_LOST`` (75) when leadership was lost while it ran, 128+N when interrupted by
-signal N while waiting. ``status`` and ``release``: 0 on success, 1 when the flag does
-not exist or the database fails, 2 for a usage mistake. ``demo``: 0 when every handover
+signal N while waiting; 127 or 126 at once, before contending, when the command cannot
+be found or run. ``status`` and ``release``: 0 on success, 1 when the database fails,
+2 for a usage mistake (a flag that does not exist included). ``demo``: 0 when every handover
 happened and no overlap was seen, 1 otherwise, 2 for a bad option.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import os
+import shutil
 import sys
 
 from .admin import FlagRow, read_flags, release_flag
@@ -25,7 +29,6 @@ from .arguments import (
     seconds_argument,
 )
 from .builder import new_flag
-from .errors import LeadershipError
 from .supervisor import CommandNotStarted, Supervisor, max_grace
 from .timing import Timing
 
@@ -83,6 +86,11 @@ def _run(args: argparse.Namespace) -> int:
     command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not command:
         raise UsageError("no command to run: give it after --, e.g. -- ./job.sh")
+    try:
+        _check_runnable(command[0])
+    except CommandNotStarted as error:  # before contending: never hold a flag for nothing
+        print(f"leadership run: error: {error}", file=sys.stderr, flush=True)
+        return error.status
     timing = Timing(interval=args.interval, jitter=args.jitter, timeout=args.timeout)
     limit = max_grace(timing)
     if limit <= 0:
@@ -124,6 +132,16 @@ def _run(args: argparse.Namespace) -> int:
         return error.status
 
 
+def _check_runnable(program: str) -> None:
+    """Raise CommandNotStarted unless ``program`` names an executable file, found as
+    ``execvp`` would find it (through PATH unless it contains a slash)."""
+    path = program if os.sep in program else shutil.which(program)
+    if path is None or not os.path.exists(path):
+        raise CommandNotStarted(program, FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)))
+    if os.path.isdir(path) or not os.access(path, os.X_OK):
+        raise CommandNotStarted(program, PermissionError(errno.EACCES, os.strerror(errno.EACCES)))
+
+
 def add_status(commands: Commands) -> None:
     """``leadership status``: who holds which flag, on the database clock."""
     parser = commands.add_parser(
@@ -147,7 +165,7 @@ def _state(row: FlagRow) -> str:
 def _status(args: argparse.Namespace) -> int:
     rows = read_flags(handle_of(args), args.interval, args.timeout, args.name)
     if args.name is not None and not rows:
-        raise LeadershipError(f"no flag named {args.name!r}")
+        raise UsageError(f"no flag named {args.name!r}")
     if args.json:
         json.dump(
             [
@@ -200,7 +218,7 @@ def _release(args: argparse.Namespace) -> int:
     handle = handle_of(args)
     rows = read_flags(handle, args.interval, args.timeout, args.name)
     if not rows:
-        raise LeadershipError(f"no flag named {args.name!r}")
+        raise UsageError(f"no flag named {args.name!r}")
     row = rows[0]
     if not args.yes:
         if not sys.stdin.isatty():
@@ -214,7 +232,7 @@ def _release(args: argparse.Namespace) -> int:
             return 1
     released = release_flag(handle, args.name, args.timeout)
     if released is None:
-        raise LeadershipError(f"no flag named {args.name!r}")
+        raise UsageError(f"no flag named {args.name!r}")
     print(f"released flag {row.name!r} (was held by {row.holder!r}, version {row.version})")
     return 0
 
