@@ -70,6 +70,7 @@ import leadership  # noqa: E402
 from harness.sql import run_sql  # noqa: E402
 from leadership import _clock_py  # noqa: E402
 from leadership.dsn import redact  # noqa: E402
+from leadership.store import TABLE  # noqa: E402
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 TOLERANCE = 1.3
@@ -273,7 +274,7 @@ def section_hot_path(report: Report, mode: Mode, dsn: str) -> None:
             )
         }
         still()
-        version = "SELECT version FROM leadership_flags WHERE name = %s"
+        version = f"SELECT version FROM {TABLE} WHERE name = %s"
         before = run_sql(dsn, version, (name,))[0][0]
         scaling = {
             key: hot_path.thread_scaling(
