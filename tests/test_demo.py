@@ -63,6 +63,7 @@ def check_demo_output(result: subprocess.CompletedProcess[str], took: float) -> 
     assert took < 30, f"the demo took {took:.1f} s"
 
 
+@pytest.mark.slow
 def test_demo_hands_the_flag_over_through_three_faults() -> None:
     result, took = leadership("demo")
     check_demo_output(result, took)
@@ -70,11 +71,13 @@ def test_demo_hands_the_flag_over_through_three_faults() -> None:
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
 def test_demo_on_postgresql(pg_dsn: str) -> None:
     result, took = leadership("demo", "--handle", pg_dsn, "--name", f"demo-{uuid.uuid4().hex}")
     check_demo_output(result, took)
 
 
+@pytest.mark.slow
 def test_demo_stops_its_workers_when_interrupted_during_the_pause() -> None:
     demo = subprocess.Popen(
         [sys.executable, "-m", "leadership", "demo", "--verbose"],

@@ -81,7 +81,6 @@ def measure_handovers(dsn: str, make_flag: MakeFlag, interval: float) -> list[fl
     return times
 
 
-@pytest.mark.slow
 def test_release_on_close_hands_over_at_once_on_postgres(
     pg_dsn: str, make_flag: MakeFlag, record_property: Callable[[str, Any], None]
 ) -> None:
@@ -98,7 +97,6 @@ def test_release_on_close_hands_over_at_once_on_postgres(
     assert max(times) < 0.3, summary
 
 
-@pytest.mark.slow
 def test_release_on_close_hands_over_quickly_on_sqlite(
     sqlite_dsn: str, make_flag: MakeFlag, record_property: Callable[[str, Any], None]
 ) -> None:
@@ -191,7 +189,6 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
         child.wait(10)
 
 
-@pytest.mark.slow
 def test_paused_holder_sees_lowered_on_its_first_call_after_resume(
     any_dsn: str,
     make_flag: MakeFlag,
@@ -222,7 +219,6 @@ def test_paused_holder_sees_lowered_on_its_first_call_after_resume(
     assert any(raised for _, _, raised in before_stop)
 
 
-@pytest.mark.slow
 def test_killed_holder_is_replaced_when_its_lease_expires(
     any_dsn: str,
     make_flag: MakeFlag,
@@ -267,7 +263,6 @@ def test_with_block_closes_and_releases(any_dsn: str, flag_name: str) -> None:
     assert not flag.raised()
 
 
-@pytest.mark.slow
 def test_stuck_database_lowers_the_holder_by_its_deadline(
     pg_dsn: str, make_flag: MakeFlag, flag_name: str
 ) -> None:
@@ -353,7 +348,6 @@ def _via(dsn: str, port: int) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-@pytest.mark.slow
 def test_partitioned_holder_is_lowered_before_another_takes_over(
     pg_dsn: str, make_flag: MakeFlag, flag_name: str
 ) -> None:

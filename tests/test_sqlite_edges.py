@@ -143,6 +143,7 @@ def _raised_since(log: Path, instant: int = 0) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_host_clock_steps_cause_no_overlap(sqlite_dsn: str, tmp_path: Path) -> None:
     """Every process on the host sees the wall clock jump forward by 0.6 x I, then by 5 s,
     then back by 10 s: the holder keeps its flag, the other never raises meanwhile."""

@@ -499,6 +499,7 @@ def login_role(dsn: str) -> Iterator[tuple[str, str]]:
 FAULTS = ("stolen row", "partition", "database refuses", "SIGSTOP")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", FAULTS)
 def test_deposed_command_is_gone_before_the_next_one_starts(
     launcher: Launcher, pg_dsn: str, flag_name: str, fault: str
