@@ -255,9 +255,12 @@ class Campaign:
     def _delay_after_win(self, seen: Observation, started: int) -> float:
         assert seen.written is not None
         with self._lock:
-            # A lapsed lease ends the term even when the row stayed ours: callbacks saw
-            # it lowered, so work started before the lapse must be fenced off.
-            self._tenure.confirm(seen.written, new_term=not self._lease.raised())
+            # A term continues only through this instance's own row under a live lease:
+            # a row taken back after it expired or was released (someone else may have
+            # held it meanwhile), or a lease that lapsed (callbacks saw it lowered),
+            # starts a new term, so work of the old one is fenced off.
+            continues = seen.written.continued and self._lease.raised()
+            self._tenure.confirm(seen.written, new_term=not continues)
             if not self._stopping and self._resign_for is None:
                 self._lease._extend(started, self._timing.lease_ns)
         self._duplicate_reported = False

@@ -205,9 +205,10 @@ def add_release(commands: Commands) -> None:
         "release",
         help="expire a flag's row so a waiting process takes it now",
         description="Expire the flag's row at once and bump its version, waking waiting "
-        "processes. For a holder known to be dead or stuck: a live holder keeps its local "
-        "lease until its deadline (up to one interval) and loses the flag at its next "
-        "renewal. Asks for confirmation unless --yes.",
+        "processes. For a holder known to be dead or stuck: a live holder is woken too and "
+        "races the waiting processes; it takes the row back in a new term (a new token) or "
+        "lowers at its next check, and until then two processes may be raised. Asks for "
+        "confirmation unless --yes.",
     )
     add_flag_options(parser, name_required=True)
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")

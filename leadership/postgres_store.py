@@ -28,6 +28,7 @@ from .store import (
     check_columns,
     describe_error,
     first_connection,
+    is_ours,
     timeout_ms,
 )
 
@@ -66,23 +67,28 @@ EXPECTED = {
 }
 
 # Parameters: name, name, process, last version, last version, last written at (twice),
-# interval (three times).
+# interval (three times). The statement returns what it wrote (version, timestamp) and
+# the row as it was before (holder, version, timestamp, seconds until it expires).
 CHECK = f"""
 WITH previous AS (
     SELECT holder, version, timestamp FROM {TABLE} WHERE name = %s FOR UPDATE
 ), written AS (
     INSERT INTO {TABLE} AS f (name, holder, version, timestamp)
-    VALUES (%s, %s, 0, now())
+    SELECT %s, %s, 0, pg_catalog.now()
+    FROM (SELECT count(*) FROM previous) AS read_first  -- read the row before writing it
     ON CONFLICT (name) DO UPDATE
-        SET holder = excluded.holder, version = f.version + 1, timestamp = now()
-        WHERE (f.holder = excluded.holder AND (f.version = %s OR (
-                   f.version = %s + 1 AND f.timestamp > to_timestamp(%s)
-                   AND f.timestamp <= to_timestamp(%s) + make_interval(secs => %s))))
-           OR f.timestamp < now() - make_interval(secs => %s)
+        SET holder = excluded.holder, version = f.version + 1, timestamp = pg_catalog.now()
+        WHERE (f.holder = excluded.holder AND (f.version = %s::bigint OR (
+                   f.version = %s::bigint + 1
+                   AND f.timestamp > pg_catalog.to_timestamp(%s::float8)
+                   AND f.timestamp <= pg_catalog.to_timestamp(%s::float8)
+                                      + pg_catalog.make_interval(secs => %s::float8))))
+           OR f.timestamp < pg_catalog.now() - pg_catalog.make_interval(secs => %s::float8)
     RETURNING f.version, EXTRACT(EPOCH FROM f.timestamp)::float8 AS stamp
 )
-SELECT w.version, w.stamp, p.holder, p.version,
-       EXTRACT(EPOCH FROM p.timestamp + make_interval(secs => %s) - now())::float8
+SELECT w.version, w.stamp, p.holder, p.version, EXTRACT(EPOCH FROM p.timestamp)::float8,
+       EXTRACT(EPOCH FROM p.timestamp + pg_catalog.make_interval(secs => %s::float8)
+                          - pg_catalog.now())::float8
 FROM (SELECT 1) AS one
 LEFT JOIN written AS w ON true
 LEFT JOIN previous AS p ON true
@@ -109,6 +115,10 @@ SELECT pg_notify(%s, '') FROM expired
 """
 
 EXISTS = f"SELECT to_regclass('{TABLE}') IS NOT NULL"
+PRIVILEGES = f"""
+SELECT p.privilege FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE']) AS p(privilege)
+WHERE NOT has_table_privilege('{TABLE}', p.privilege)
+"""
 ROWS = f"SELECT name, holder, version, EXTRACT(EPOCH FROM now() - timestamp)::float8 FROM {TABLE}"
 LOCK_ROW = f"SELECT holder, version FROM {TABLE} WHERE name = %s FOR SHARE"
 
@@ -213,6 +223,12 @@ class PostgresStore(ConnectedStore):
         check_columns(columns, EXPECTED)
         if not self._query(NAME_IS_UNIQUE)[0][0]:
             raise SchemaError(f"table {TABLE}: column name is not a primary key or unique")
+        missing = [row[0] for row in self._query(PRIVILEGES)]
+        if missing:
+            raise SchemaError(
+                f"table {TABLE}: this role lacks {', '.join(missing)}: the flag needs "
+                f"GRANT SELECT, INSERT, UPDATE ON {TABLE} TO <role>"
+            )
 
     def watch(self, name: str, interval: float) -> None:
         if name in self._channels:
@@ -231,9 +247,12 @@ class PostgresStore(ConnectedStore):
     ) -> Observation:
         version, at = (last.version, last.at) if last is not None else (-1, 0.0)
         parameters = (name, name, process, version, version, at, at, interval, interval, interval)
-        written, written_at, holder, seen, expires_in = self._query(CHECK, parameters)[0]
+        written, written_at, holder, seen, seen_at, expires_in = self._query(CHECK, parameters)[0]
         if written is not None:
-            return Observation(Written(int(written), float(written_at)))
+            continued = seen is not None and is_ours(
+                holder, int(seen), float(seen_at), process, last, interval
+            )
+            return Observation(Written(int(written), float(written_at), continued))
         return Observation(
             None,
             holder,

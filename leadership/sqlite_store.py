@@ -38,6 +38,7 @@ from .store import (
     Written,
     check_columns,
     describe_error,
+    is_ours,
     timeout_ms,
 )
 
@@ -237,17 +238,10 @@ class SqliteStore(ConnectedStore):
             holder, version, at, domain = row
             if domain != clock.domain:  # stamped in another boot or clock domain: expired
                 at = -math.inf
-            ours = (
-                holder == process
-                and last is not None
-                and (
-                    version == last.version
-                    or (version == last.version + 1 and last.at < at <= last.at + interval)
-                )
-            )
+            ours = is_ours(holder, version, at, process, last, interval)
             if ours or now - at > interval:
                 conn.execute(WRITE, (process, version + 1, now, clock.domain, name))
-                return Observation(Written(version + 1, now))
+                return Observation(Written(version + 1, now, continued=ours))
             return Observation(None, holder, version, at + interval - now)
 
         result: Observation = self._transaction(attempt)

@@ -32,6 +32,7 @@ __all__ = [
     "describe_error",
     "drain",
     "first_connection",
+    "is_ours",
     "timeout_ms",
 ]
 
@@ -71,10 +72,26 @@ class HoldLost(Exception):
 @dataclass(frozen=True)
 class Written:
     """A row version this instance wrote and saw confirmed, with the row's new
-    timestamp (database clock, Unix seconds)."""
+    timestamp (database clock, seconds). ``continued`` is True when the row was this
+    instance's before the write (a renewal), False when it was missing, expired or
+    released (a new term begins, whatever the local lease says)."""
 
     version: int
     at: float
+    continued: bool = False
+
+
+def is_ours(
+    holder: str, version: int, at: float, process: str, last: Written | None, interval: float
+) -> bool:
+    """Whether a row (``holder``, ``version``, stamped ``at``) is this instance's own: it
+    carries ``process`` and ``last.version``, or ``last.version + 1`` stamped after
+    ``last.at`` but within ``interval`` of it (a renewal whose reply was lost)."""
+    if last is None or holder != process:
+        return False
+    if version == last.version:
+        return True
+    return version == last.version + 1 and last.at < at <= last.at + interval
 
 
 @dataclass(frozen=True)

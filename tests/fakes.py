@@ -120,7 +120,7 @@ class FakeStore:
         )
         if ours or now - row.at > interval:
             self.rows[name] = FakeRow(process, row.version + 1, now)
-            return Observation(Written(row.version + 1, now))
+            return Observation(Written(row.version + 1, now, continued=ours))
         return Observation(None, row.holder, row.version, row.at + interval - now)
 
     def release(self, name: str, process: str, version: int) -> bool:

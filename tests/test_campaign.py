@@ -192,6 +192,21 @@ def test_a_row_of_this_name_one_version_ahead_but_too_late_is_not_ours(
     assert not rig.lease.raised()
 
 
+def test_a_row_released_behind_its_back_and_taken_back_starts_a_new_term(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """An administrative release expires the row and bumps its version; someone else may
+    have held it meanwhile, so taking it back must not continue the old term."""
+    rig = make_rig()
+    rig.step()
+    assert rig.campaign.term_start == 0
+    assert rig.store.expire(NAME)  # leadership release: version 1, expired
+    rig.after(1.0)  # the holder's lease is still running
+    assert rig.lease.raised()
+    assert rig.store.rows[NAME] == FakeRow("me", 2, rig.time.now)
+    assert rig.campaign.term_start == 2
+
+
 def test_resign_lowers_releases_and_stands_aside(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig()
     rig.step()

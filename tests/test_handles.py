@@ -212,6 +212,16 @@ def test_role_without_create_privilege_works_when_the_table_exists(
     assert released is not None and released.age > 1000, "the limited role could not release"
 
 
+def test_a_role_missing_a_grant_is_told_at_build(
+    limited_role: str, make_flag: MakeFlag, pg_dsn: str
+) -> None:
+    role = limited_role.split("://", 1)[1].split("@", 1)[0]
+    execute(pg_dsn, f"REVOKE UPDATE ON leadership_flags FROM {role}")
+    with pytest.raises(leadership.SchemaError, match="lacks UPDATE") as caught:
+        make_flag(limited_role, "limited")
+    assert "GRANT SELECT, INSERT, UPDATE" in str(caught.value)
+
+
 def test_role_without_create_privilege_gets_a_schema_error_when_the_table_is_missing(
     limited_role: str, make_flag: MakeFlag, pg_dsn: str
 ) -> None:
