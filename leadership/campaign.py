@@ -313,7 +313,7 @@ class Campaign:
         if last is None:
             return
         try:
-            released = self._store.release(self._name, self._process, last.version)
+            released = self._store.release(self._name, self._process, last, self._timing.interval)
         except Exception as error:
             self._logger.error(
                 "flag %r: release failed (others wait for the lease to expire): %s",

@@ -66,6 +66,9 @@ EXPECTED = {
     "timestamp": ("timestamp with time zone",),
 }
 
+CREATED_VERSION = "(EXTRACT(EPOCH FROM pg_catalog.now()) * 1000000)::bigint"
+"""The version of a created row: the database clock in microseconds (see Store)."""
+
 # Parameters: name, name, process, last version, last version, last written at (twice),
 # interval (three times). The statement returns what it wrote (version, timestamp) and
 # the row as it was before (holder, version, timestamp, seconds until it expires).
@@ -74,12 +77,12 @@ WITH previous AS (
     SELECT holder, version, timestamp FROM {TABLE} WHERE name = %s FOR UPDATE
 ), written AS (
     INSERT INTO {TABLE} AS f (name, holder, version, timestamp)
-    SELECT %s, %s, 0, pg_catalog.now()
+    SELECT %s, %s, {CREATED_VERSION}, pg_catalog.now()
     FROM (SELECT count(*) FROM previous) AS read_first  -- read the row before writing it
     ON CONFLICT (name) DO UPDATE
         SET holder = excluded.holder, version = f.version + 1, timestamp = pg_catalog.now()
         WHERE (f.holder = excluded.holder AND (f.version = %s::bigint OR (
-                   f.version = %s::bigint + 1
+                   f.version > %s::bigint
                    AND f.timestamp > pg_catalog.to_timestamp(%s::float8)
                    AND f.timestamp <= pg_catalog.to_timestamp(%s::float8)
                                       + pg_catalog.make_interval(secs => %s::float8))))
@@ -94,14 +97,19 @@ LEFT JOIN written AS w ON true
 LEFT JOIN previous AS p ON true
 """
 
-# Parameters: name, process, version, channel.
+# Parameters: name, process, last version (twice), last written at (twice), interval,
+# channel. Releases the row if it is this instance's own (store.is_ours).
 RELEASE = f"""
 WITH released AS (
     UPDATE {TABLE} SET timestamp = 'epoch'
-    WHERE name = %s AND holder = %s AND version = %s
+    WHERE name = %s AND holder = %s AND (version = %s::bigint OR (
+        version > %s::bigint
+        AND timestamp > pg_catalog.to_timestamp(%s::float8)
+        AND timestamp <= pg_catalog.to_timestamp(%s::float8)
+                         + pg_catalog.make_interval(secs => %s::float8)))
     RETURNING name
 )
-SELECT pg_notify(%s, '') FROM released
+SELECT pg_catalog.pg_notify(%s, '') FROM released
 """
 
 # Parameters: name, channel.
@@ -111,7 +119,7 @@ WITH expired AS (
     WHERE name = %s
     RETURNING name
 )
-SELECT pg_notify(%s, '') FROM expired
+SELECT pg_catalog.pg_notify(%s, '') FROM expired
 """
 
 EXISTS = f"SELECT to_regclass('{TABLE}') IS NOT NULL"
@@ -121,6 +129,9 @@ WHERE NOT has_table_privilege('{TABLE}', p.privilege)
 """
 ROWS = f"SELECT name, holder, version, EXTRACT(EPOCH FROM now() - timestamp)::float8 FROM {TABLE}"
 LOCK_ROW = f"SELECT holder, version FROM {TABLE} WHERE name = %s FOR SHARE"
+
+UNDEFINED_TABLE = "42P01"
+"""SQLSTATE of a statement on a table that does not exist (it was dropped)."""
 
 SOCKET_WAKE_SPACING = 0.05
 """Seconds between two wake-ups by the connection's socket (guards against a busy loop)."""
@@ -247,7 +258,14 @@ class PostgresStore(ConnectedStore):
     ) -> Observation:
         version, at = (last.version, last.at) if last is not None else (-1, 0.0)
         parameters = (name, name, process, version, version, at, at, interval, interval, interval)
-        written, written_at, holder, seen, seen_at, expires_in = self._query(CHECK, parameters)[0]
+        try:
+            rows = self._query(CHECK, parameters)
+        except Exception as error:
+            if _sqlstate(error) != UNDEFINED_TABLE:
+                raise
+            self._recreate(error)
+            rows = self._query(CHECK, parameters)
+        written, written_at, holder, seen, seen_at, expires_in = rows[0]
         if written is not None:
             continued = seen is not None and is_ours(
                 holder, int(seen), float(seen_at), process, last, interval
@@ -260,8 +278,20 @@ class PostgresStore(ConnectedStore):
             None if expires_in is None else float(expires_in),
         )
 
-    def release(self, name: str, process: str, version: int) -> bool:
-        return bool(self._query(RELEASE, (name, process, version, channel_for(name))))
+    def _recreate(self, error: BaseException) -> None:
+        """The table was dropped under a running flag: create it again, or say why not."""
+        try:
+            self.prepare()
+        except Exception as failure:
+            raise SchemaError(
+                f"table {TABLE} was dropped ({describe_error(error)}) and cannot be created "
+                f"again: {describe_error(failure)}"
+            ) from failure
+
+    def release(self, name: str, process: str, last: Written, interval: float) -> bool:
+        version, at = last.version, last.at
+        parameters = (name, process, version, version, at, at, interval, channel_for(name))
+        return bool(self._query(RELEASE, parameters))
 
     def read_rows(self, name: str | None = None) -> list[StoredRow]:
         if not self._query(EXISTS)[0][0]:

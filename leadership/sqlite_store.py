@@ -68,9 +68,9 @@ EXPECTED = {
 EXISTS = f"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '{TABLE}'"
 ROWS = f"SELECT name, holder, version, timestamp, domain FROM {TABLE}"
 READ = f"SELECT holder, version, timestamp, domain FROM {TABLE} WHERE name = ?"
-INSERT = f"INSERT INTO {TABLE} (name, holder, version, timestamp, domain) VALUES (?, ?, 0, ?, ?)"
+INSERT = f"INSERT INTO {TABLE} (name, holder, version, timestamp, domain) VALUES (?, ?, ?, ?, ?)"
 WRITE = f"UPDATE {TABLE} SET holder = ?, version = ?, timestamp = ?, domain = ? WHERE name = ?"
-RELEASE = f"UPDATE {TABLE} SET timestamp = ? WHERE name = ? AND holder = ? AND version = ?"
+RELEASE = f"UPDATE {TABLE} SET timestamp = ? WHERE name = ? AND version = ?"
 EXPIRE = f"UPDATE {TABLE} SET timestamp = ?, version = version + 1 WHERE name = ?"
 TOUCH = f"UPDATE {TABLE} SET version = version WHERE name = ?"
 PEEK = f"SELECT timestamp, domain FROM {TABLE} WHERE name = ?"
@@ -232,9 +232,10 @@ class SqliteStore(ConnectedStore):
                 raise HoldLost(replaced)
             now = clock.read()
             row = conn.execute(READ, (name,)).fetchone()
-            if row is None:
-                conn.execute(INSERT, (name, process, now, clock.domain))
-                return Observation(Written(0, now))
+            if row is None:  # created at the wall clock in microseconds: see Store
+                created = time.time_ns() // 1000
+                conn.execute(INSERT, (name, process, created, now, clock.domain))
+                return Observation(Written(created, now))
             holder, version, at, domain = row
             if domain != clock.domain:  # stamped in another boot or clock domain: expired
                 at = -math.inf
@@ -244,12 +245,26 @@ class SqliteStore(ConnectedStore):
                 return Observation(Written(version + 1, now, continued=ours))
             return Observation(None, holder, version, at + interval - now)
 
-        result: Observation = self._transaction(attempt)
+        try:
+            result: Observation = self._transaction(attempt)
+        except sqlite3.OperationalError as error:
+            if "no such table" not in str(error):
+                raise
+            self.prepare()  # the table was dropped under a running flag: create it again
+            result = self._transaction(attempt)
         return result
 
-    def release(self, name: str, process: str, version: int) -> bool:
+    def release(self, name: str, process: str, last: Written, interval: float) -> bool:
+        domain = self._clock.domain
+
         def attempt(conn: Any) -> bool:
-            return bool(conn.execute(RELEASE, (RELEASED, name, process, version)).rowcount)
+            row = conn.execute(READ, (name,)).fetchone()
+            if row is None or row[3] != domain:
+                return False
+            holder, version, at, _ = row
+            if not is_ours(holder, version, at, process, last, interval):
+                return False
+            return bool(conn.execute(RELEASE, (RELEASED, name, version)).rowcount)
 
         released: bool = self._transaction(attempt)
         return released

@@ -85,13 +85,20 @@ def is_ours(
     holder: str, version: int, at: float, process: str, last: Written | None, interval: float
 ) -> bool:
     """Whether a row (``holder``, ``version``, stamped ``at``) is this instance's own: it
-    carries ``process`` and ``last.version``, or ``last.version + 1`` stamped after
-    ``last.at`` but within ``interval`` of it (a renewal whose reply was lost)."""
+    carries ``process`` and either ``last.version``, or a later version stamped after
+    ``last.at`` but within ``interval`` of it.
+
+    Only this instance can have written such a later version: renewals of ``last`` that
+    committed after it gave up on them (a lost reply, a commit that waited for a slow
+    standby), any number of them. Any other writer, a duplicate process name included,
+    must first wait for the row to expire, which is at least ``interval`` after
+    ``last.at``.
+    """
     if last is None or holder != process:
         return False
     if version == last.version:
         return True
-    return version == last.version + 1 and last.at < at <= last.at + interval
+    return version > last.version and last.at < at <= last.at + interval
 
 
 @dataclass(frozen=True)
@@ -148,17 +155,18 @@ class Store(Protocol):
     ) -> Observation:
         """Write the row of ``name`` for ``process`` in one atomic statement, if allowed.
 
-        The row is written (version + 1, or 0 when created; timestamp now) when it is
+        The row is written (version + 1; timestamp now) when it is
         missing, when it is older than ``interval`` seconds on the database clock, or when
-        it carries ``process`` and either ``last.version`` (the version this instance last
-        wrote and saw confirmed) or ``last.version + 1`` stamped after ``last.at`` but within
-        ``interval`` of it. Only a renewal of ``last`` by this instance whose reply was lost
-        can have written that row: any other writer must wait for ``last`` to expire first.
+        it is this instance's own by :func:`is_ours` (``last`` is the version this instance
+        last wrote and saw confirmed). A created row's version is the database clock in
+        microseconds, so versions, and fencing tokens, keep growing when a row is deleted
+        and created again.
         """
 
-    def release(self, name: str, process: str, version: int) -> bool:
-        """Expire the row of ``name`` if it still carries ``process`` and ``version``, and
-        wake the processes waiting for it. True when a row was released."""
+    def release(self, name: str, process: str, last: Written, interval: float) -> bool:
+        """Expire the row of ``name`` if it is this instance's own (see :func:`is_ours`:
+        ``last``, or what renewals of it that committed late wrote), and wake the
+        processes waiting for it. True when a row was released."""
 
     def wait(self, seconds: float, wake_fd: int) -> None:
         """Sleep up to ``seconds``; return early when ``wake_fd`` is readable or a watched

@@ -115,7 +115,7 @@ class FakeStore:
             and last is not None
             and (
                 row.version == last.version
-                or (row.version == last.version + 1 and last.at < row.at <= last.at + interval)
+                or (row.version > last.version and last.at < row.at <= last.at + interval)
             )
         )
         if ours or now - row.at > interval:
@@ -123,10 +123,12 @@ class FakeStore:
             return Observation(Written(row.version + 1, now, continued=ours))
         return Observation(None, row.holder, row.version, row.at + interval - now)
 
-    def release(self, name: str, process: str, version: int) -> bool:
-        self.releases.append((name, process, version))
+    def release(self, name: str, process: str, last: Written, interval: float) -> bool:
+        self.releases.append((name, process, last.version))
         row = self.rows.get(name)
-        if row is None or row.holder != process or row.version != version:
+        if row is None or row.holder != process or row.version < last.version:
+            return False
+        if row.version > last.version and not last.at < row.at <= last.at + interval:
             return False
         row.at = 0.0
         return True

@@ -135,6 +135,33 @@ def test_a_lost_reply_is_recognised_at_the_next_attempt(make_rig: Callable[..., 
     assert rig.log.errors() == ["flag 'jobs': check failed: the reply was lost"]
 
 
+def test_several_renewals_committed_after_the_client_gave_up_are_ours(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """Commits that waited for a stalled standby land after the client timed out, two
+    in a row: both are recognised, the term goes on, nobody is blamed."""
+    rig = make_rig()
+    rig.step()
+    rig.store.lose_next = 2
+    assert rig.after(5.0) == FIRST_RETRY
+    assert rig.after(FIRST_RETRY) == TIMING.retry_every
+    assert rig.store.rows[NAME].version == 2
+    assert rig.after(TIMING.retry_every) == TIMING.renew_every
+    assert rig.store.rows[NAME] == FakeRow("me", 3, rig.time.now)
+    assert rig.lease.raised() and rig.campaign.term_start == 0
+    assert not any("unique" in text for text in rig.log.errors())
+
+
+def test_close_releases_what_a_late_commit_wrote(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    rig.step()
+    rig.store.lose_next = 1
+    rig.after(5.0)  # version 1 committed, its reply lost
+    rig.campaign.finish()
+    assert rig.store.rows[NAME].at == 0.0, "the row written by the late commit stayed held"
+    assert any("released by" in text for _, text in rig.log.messages)
+
+
 def test_versions_include_a_renewal_in_flight(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig()
     rig.step()
