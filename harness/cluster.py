@@ -8,6 +8,12 @@ even on SIGKILL. That signal follows the *thread* that started the server: call
 :meth:`Cluster.start` and :meth:`Cluster.restart` from a thread that lives as long as the
 cluster (the main thread).
 
+For TLS, ``files`` are copied into the data directory, owned by the server's user with
+mode 0600 (as PostgreSQL wants its key), where relative paths in settings such as
+``ssl_cert_file`` resolve; ``hba`` lines go first in ``pg_hba.conf``, before initdb's
+trust lines, so the first that matches wins. :meth:`Cluster.install` replaces a file
+later and :meth:`Cluster.reload` makes the server read its files again (SIGHUP).
+
 The server binaries are searched for in one order: ``initdb`` on ``PATH``, then
 ``pg_config --bindir``, then the newest ``/usr/lib/postgresql/<version>/bin`` (Debian).
 """
@@ -24,7 +30,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -115,13 +121,24 @@ class Cluster:
     deletes the directory. ``with Cluster() as cluster:`` starts it and removes it at the
     end, on error too. ``settings`` are extra ``postgres -c`` settings (e.g. to preload
     ``pg_stat_statements``); ``user`` is the database superuser (and, under root, the OS
-    user running the server).
+    user running the server). ``files`` (name in the data directory: source file) and
+    ``hba`` (``pg_hba.conf`` lines, put first) are installed when the cluster is created:
+    see the module docstring.
     """
 
-    def __init__(self, settings: Mapping[str, str] | None = None, user: str = "postgres") -> None:
+    def __init__(
+        self,
+        settings: Mapping[str, str] | None = None,
+        user: str = "postgres",
+        *,
+        files: Mapping[str, Path] | None = None,
+        hba: Sequence[str] = (),
+    ) -> None:
         self.user = user
         self.port = free_port()
         self.settings = {**SERVER_SETTINGS, **(settings or {})}
+        self.files = dict(files or {})
+        self.hba = list(hba)
         self.restarts = 0
         self._root: Path | None = None
         self._server: subprocess.Popen[bytes] | None = None
@@ -159,6 +176,11 @@ class Cluster:
         data = root / "data"
         if not data.exists():
             self._initdb(bindir, root)
+            for name, source in self.files.items():
+                self.install(name, source)
+            if self.hba:
+                hba = data / "pg_hba.conf"
+                hba.write_text("\n".join(self.hba) + "\n" + hba.read_text())
         command = [
             *self._as_user(pdeathsig=True),
             str(bindir / "postgres"),
@@ -195,6 +217,27 @@ class Cluster:
         self.stop(mode)
         self.restarts += 1
         self.start()
+
+    def install(self, name: str, source: Path) -> Path:
+        """Copy ``source`` to ``name`` in the data directory (created by ``start()``),
+        owned by the server's user, mode 0600; return its path. The server reads it at
+        start or on :meth:`reload`."""
+        if self._root is None:
+            raise ClusterError("install() needs the cluster: call start() first")
+        target = self._root / "data" / name
+        shutil.copyfile(source, target)
+        target.chmod(0o600)
+        if self._as_root:
+            owner = pwd.getpwnam(self.user)
+            os.chown(target, owner.pw_uid, owner.pw_gid)
+        return target
+
+    def reload(self) -> None:
+        """Ask the running server to read its configuration and TLS files again
+        (SIGHUP); it does so asynchronously. Settings given with ``-c`` stay."""
+        if self._server is None or self._server.poll() is not None:
+            raise ClusterError("reload() needs a running server")
+        self._server.send_signal(signal.SIGHUP)
 
     def log_tail(self, size: int = 2000) -> str:
         """The last ``size`` bytes of the server log (empty when there is none)."""

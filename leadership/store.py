@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -222,8 +223,21 @@ def first_connection(connect: Callable[[], Any], where: str, timeout: float) -> 
         ) from None
 
 
+UNTRUSTED_ISSUER = {2, 18, 19, 20, 21, 27}
+"""OpenSSL's X509_V_ERR codes for a certificate chain that ends at no trusted CA."""
+WRONG_HOST = {62, 64}
+"""X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH."""
+
+
 def describe_error(error: BaseException) -> str:
     """One line describing a driver error, without connection secrets."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        detail = str(error.verify_message).rstrip(".")
+        if error.verify_code in UNTRUSTED_ISSUER:
+            detail += " (not issued by a CA in sslrootcert, or by the system's CAs without it)"
+        elif error.verify_code in WRONG_HOST:
+            detail += " (verify-full: the certificate must name the host connected to)"
+        return f"the server's TLS certificate was rejected: {detail}"
     args = error.args
     if args and isinstance(args[0], dict):  # pg8000 passes the server's fields as a dict
         fields = args[0]
