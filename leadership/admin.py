@@ -1,7 +1,7 @@
 """Administrative reads and writes of the flags table: ``leadership status`` and ``release``.
 
-The table does not record the interval its users chose, so the caller gives it (the
-same value the contenders use) to compute the time left on each lease.
+Each holder records its lease in its row; the caller's interval ages the rows that do
+not say (written by the Go package).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from .backends import open_store
 from .store import StoredRow
 
-__all__ = ["FlagRow", "read_flags", "release_flag"]
+__all__ = ["FlagRow", "Listing", "list_flags", "read_flags", "release_flag"]
 
 
 @dataclass(frozen=True)
@@ -34,27 +34,58 @@ class FlagRow:
         return self.age > self.interval
 
 
-def read_flags(
-    handle: str, interval: float, timeout: float, name: str | None = None
-) -> list[FlagRow]:
+@dataclass(frozen=True)
+class Listing:
+    """The rows of one flags table; ``table`` is its name as operators should read it
+    (schema-qualified on PostgreSQL when the table exists)."""
+
+    table: str
+    rows: list[FlagRow]
+
+
+def list_flags(
+    handle: str,
+    interval: float,
+    timeout: float,
+    name: str | None = None,
+    *,
+    table: str | None = None,
+) -> Listing:
     """The rows of the flags table (only ``name``'s when given), sorted by name.
 
-    Creates nothing: without a table there are no flags.
+    Each row is aged with the lease its holder recorded in it, or ``interval`` for a row
+    that does not say (written by the Go package, or by a role that could not add the
+    lease columns). Creates nothing: without a table there are no flags.
     """
-    store = open_store(handle, timeout, prepare=False)
+    store = open_store(handle, timeout, prepare=False, table=table)
     try:
-        return [_aged(row, interval) for row in store.read_rows(name)]
+        rows = [_aged(row, interval) for row in store.read_rows(name)]
+        return Listing(store.table, rows)
     finally:
         store.close()
 
 
-def release_flag(handle: str, name: str, timeout: float) -> FlagRow | None:
+def read_flags(
+    handle: str,
+    interval: float,
+    timeout: float,
+    name: str | None = None,
+    *,
+    table: str | None = None,
+) -> list[FlagRow]:
+    """The rows of :func:`list_flags`."""
+    return list_flags(handle, interval, timeout, name, table=table).rows
+
+
+def release_flag(
+    handle: str, name: str, timeout: float, *, table: str | None = None
+) -> FlagRow | None:
     """Expire flag ``name`` now and bump its version, waking waiting processes.
 
     For holders known to be dead or stuck. Returns the row as it was, or None when
     there is no such flag. Creates nothing.
     """
-    store = open_store(handle, timeout, prepare=False)
+    store = open_store(handle, timeout, prepare=False, table=table)
     try:
         before = store.read_rows(name)
         if not before or not store.expire(name):
@@ -65,4 +96,5 @@ def release_flag(handle: str, name: str, timeout: float) -> FlagRow | None:
 
 
 def _aged(row: StoredRow, interval: float) -> FlagRow:
-    return FlagRow(row.name, row.holder, row.version, row.age, interval)
+    lease = interval if row.lease is None else row.lease
+    return FlagRow(row.name, row.holder, row.version, row.age, lease)

@@ -88,10 +88,16 @@ def add_flag_options(parser: argparse.ArgumentParser, *, name_required: bool) ->
         help="where the flags live: postgresql://..., sqlite:///path (default: the "
         "LEADERSHIP_HANDLE environment variable, which keeps passwords out of the process list)",
     )  # fmt: skip
+    parser.add_argument(
+        "--table", default=os.environ.get("LEADERSHIP_TABLE"), metavar="[SCHEMA.]TABLE",
+        help="the flags table (default: the LEADERSHIP_TABLE environment variable, else the "
+        "one table named leadership_flags in the database, whatever its schema)",
+    )  # fmt: skip
     parser.add_argument("--name", required=name_required, help="the flag's name")
     parser.add_argument(
         "--interval", type=seconds_argument, default=30.0, metavar="SECONDS",
-        help="lease interval, the same as the contenders' (default %(default)s)",
+        help="lease interval (default %(default)s); status uses the interval each holder "
+        "recorded in its row, this one only for rows that do not say",
     )  # fmt: skip
     parser.add_argument(
         "--timeout", type=seconds_argument, default=1.0, metavar="SECONDS",

@@ -26,10 +26,12 @@ class Backend(Protocol):
     @property
     def SCHEMES(self) -> tuple[str, ...]: ...
 
-    def from_dsn(self, dsn: str, timeout: float, *, create: bool = True) -> Store: ...
+    def from_dsn(
+        self, dsn: str, timeout: float, *, create: bool = True, table: str | None = None
+    ) -> Store: ...
 
     def from_connection(
-        self, connect: Callable[[], Any], first: Any, timeout: float
+        self, connect: Callable[[], Any], first: Any, timeout: float, table: str | None = None
     ) -> Store | None: ...
 
 
@@ -39,11 +41,17 @@ which accepts any ``%s``-style driver, comes last)."""
 
 
 def open_store(
-    handle: str | Callable[[], DBAPIConnection], timeout: float, *, prepare: bool = True
+    handle: str | Callable[[], DBAPIConnection],
+    timeout: float,
+    *,
+    prepare: bool = True,
+    table: str | None = None,
 ) -> Store:
     """Connect to the handle's database and return its store, or raise.
 
-    ``timeout`` bounds each operation. With ``prepare`` (the default) the table is
+    ``table`` names the flags table (``schema.name`` or ``name``; default: the backend's
+    choice, see each store). ``timeout`` bounds each operation. With ``prepare`` (the
+    default) the table is
     created if missing and its schema checked; without it nothing is created (not even
     an SQLite file).
 
@@ -51,7 +59,7 @@ def open_store(
     cannot be reached or refuses the connection, SchemaError for a bad table.
     """
     try:
-        store = _store(handle, timeout, create=prepare)
+        store = _store(handle, timeout, create=prepare, table=table)
     except LeadershipError:
         raise
     except Exception as error:  # the first connection failed while being set up
@@ -69,7 +77,13 @@ def open_store(
     return store
 
 
-def _store(handle: str | Callable[[], DBAPIConnection], timeout: float, *, create: bool) -> Store:
+def _store(
+    handle: str | Callable[[], DBAPIConnection],
+    timeout: float,
+    *,
+    create: bool,
+    table: str | None,
+) -> Store:
     if isinstance(handle, str):
         if not handle.strip():
             raise ConfigurationError(
@@ -79,7 +93,7 @@ def _store(handle: str | Callable[[], DBAPIConnection], timeout: float, *, creat
         scheme = scheme_of(handle)
         for backend in BACKENDS:
             if scheme in backend.SCHEMES:
-                return backend.from_dsn(handle, timeout, create=create)
+                return backend.from_dsn(handle, timeout, create=create, table=table)
         known = ", ".join(f"{s}://" for backend in BACKENDS for s in backend.SCHEMES)
         raise ConfigurationError(
             "handle",
@@ -88,7 +102,7 @@ def _store(handle: str | Callable[[], DBAPIConnection], timeout: float, *, creat
     if callable(handle):
         first = first_connection(handle, "the connection factory", timeout)
         for backend in BACKENDS:
-            store = backend.from_connection(handle, first, timeout)
+            store = backend.from_connection(handle, first, timeout, table)
             if store is not None:
                 return store
         raise ConfigurationError("handle", f"no backend accepts {type(first).__name__} connections")

@@ -16,7 +16,7 @@ from .callbacks import Callback
 from .errors import ConfigurationError
 from .flag import Flag
 from .metrics import FlagMetrics
-from .store import DBAPIConnection
+from .store import DBAPIConnection, QualifiedName
 from .timing import Duration, Timing, seconds
 
 __all__ = ["FlagBuilder", "new_flag"]
@@ -43,6 +43,7 @@ class FlagBuilder:
 
     def __init__(self) -> None:
         self._handle: Any = None
+        self._table: Any = None
         self._name: Any = None
         self._process: Any = None
         self._interval: Any = 30.0
@@ -58,6 +59,16 @@ class FlagBuilder:
     def handle(self, handle: str | Callable[[], DBAPIConnection]) -> FlagBuilder:
         """Where the flag lives: a DSN or a connection factory (mandatory)."""
         self._handle = handle
+        return self
+
+    def table(self, table: str) -> FlagBuilder:
+        """The flags table, ``schema.name`` or ``name`` (resolved through the search path).
+
+        By default the one table named ``leadership_flags`` in the database, whatever its
+        schema (created in the current schema when there is none); ``build()`` fails
+        when there are several, rather than let processes use different ones.
+        """
+        self._table = table
         return self
 
     def name(self, name: str) -> FlagBuilder:
@@ -160,7 +171,11 @@ class FlagBuilder:
                 raise ConfigurationError(parameter, f"expected a callable, got {value!r}")
         if self._handle is None:
             raise ConfigurationError("handle", "missing: give a DSN or a connection factory")
-        store = open_store(self._handle, timing.timeout)
+        table = None if self._table is None else str(QualifiedName.parse(self._table))
+        store = open_store(self._handle, timing.timeout, table=table)
+        for note in store.notes:
+            logger.warning("flag %r: %s", name, note)
+        logger.debug("flag %r uses table %s", name, store.table)
         metrics = None
         if subsystem is not None:
             metrics = FlagMetrics(registry, subsystem, name, process)

@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 
-from .admin import FlagRow, read_flags, release_flag
+from .admin import FlagRow, list_flags, read_flags, release_flag
 from .arguments import (
     Commands,
     UsageError,
@@ -117,6 +117,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     if args.process:
         builder.process(args.process)
+    if args.table:
+        builder.table(args.table)
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
 
@@ -163,13 +165,15 @@ def _state(row: FlagRow) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    rows = read_flags(handle_of(args), args.interval, args.timeout, args.name)
+    listing = list_flags(handle_of(args), args.interval, args.timeout, args.name, table=args.table)
+    rows = listing.rows
     if args.name is not None and not rows:
         raise UsageError(f"no flag named {args.name!r}")
     if args.json:
         json.dump(
             [
                 {
+                    "table": listing.table,
                     "name": row.name,
                     "holder": row.holder,
                     "version": row.version,
@@ -196,6 +200,7 @@ def _status(args: argparse.Namespace) -> int:
         )
     if len(table) == 1:
         print("(no flags)")
+    print(f"(table {listing.table}; times on the database clock)")
     return 0
 
 
@@ -217,7 +222,7 @@ def add_release(commands: Commands) -> None:
 
 def _release(args: argparse.Namespace) -> int:
     handle = handle_of(args)
-    rows = read_flags(handle, args.interval, args.timeout, args.name)
+    rows = read_flags(handle, args.interval, args.timeout, args.name, table=args.table)
     if not rows:
         raise UsageError(f"no flag named {args.name!r}")
     row = rows[0]
@@ -231,7 +236,7 @@ def _release(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("not released")
             return 1
-    released = release_flag(handle, args.name, args.timeout)
+    released = release_flag(handle, args.name, args.timeout, table=args.table)
     if released is None:
         raise UsageError(f"no flag named {args.name!r}")
     print(f"released flag {row.name!r} (was held by {row.holder!r}, version {row.version})")

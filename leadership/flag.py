@@ -22,7 +22,7 @@ from .clock import Lease
 from .errors import LeadershipError, LeadershipLost
 from .fencing import verify_holder
 from .metrics import FlagMetrics
-from .store import DBAPIConnection, Store
+from .store import DBAPIConnection, Store, describe_error
 from .timing import Timing
 from .waiters import Waiters
 
@@ -128,7 +128,17 @@ class Flag(Lease):
         versions = self._campaign.versions()
         if token is None or versions is None:
             raise LeadershipLost(f"flag {self.name!r} is not raised in process {self.process!r}")
-        verify_holder(self.name, self._store.lock_row(conn, self.name), self.process, versions)
+        try:
+            row = self._store.lock_row(conn, self.name)
+        except LeadershipError:
+            raise
+        except Exception as error:
+            raise LeadershipError(
+                f"flag {self.name!r}: guard() could not lock the flag's row through this "
+                f"connection ({describe_error(error)}): it takes a DB-API connection to the "
+                "flag's own database, inside a transaction"
+            ) from error
+        verify_holder(self.name, row, self.process, versions)
         if not self.raised() or self._campaign.term_start != token - 1:
             raise LeadershipLost(f"flag {self.name!r}: the lease ran out while guarding")
         return token

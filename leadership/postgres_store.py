@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import pg8000.native
 
 from .dsn import pg8000_options, redact
-from .errors import SchemaError, StoreUnavailable
+from .errors import LeadershipError, SchemaError, StoreUnavailable
 from .store import (
     TABLE,
     ConnectedStore,
     DBAPIConnection,
     Observation,
+    QualifiedName,
     StoredRow,
     Written,
     check_columns,
@@ -37,99 +40,128 @@ __all__ = ["SCHEMES", "PostgresStore", "channel_for", "from_connection", "from_d
 SCHEMES = ("postgresql", "postgres")
 """The DSN schemes this backend serves."""
 
-CREATE = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
-    name text PRIMARY KEY,
-    holder text NOT NULL,
-    version bigint NOT NULL,
-    timestamp timestamp with time zone NOT NULL
-)
-"""
-
-COLUMNS = f"""
-SELECT a.attname, format_type(a.atttypid, a.atttypmod)
-FROM pg_attribute AS a
-WHERE a.attrelid = to_regclass('{TABLE}') AND a.attnum > 0 AND NOT a.attisdropped
-"""
-
-NAME_IS_UNIQUE = f"""
-SELECT count(*) FROM pg_index AS i
-JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-WHERE i.indrelid = to_regclass('{TABLE}') AND i.indisunique AND i.indnatts = 1
-  AND a.attname = 'name'
-"""
-
 EXPECTED = {
     "name": ("text", "character varying"),
     "holder": ("text", "character varying"),
     "version": ("bigint",),
     "timestamp": ("timestamp with time zone",),
 }
+LEASE_COLUMNS = {"lease_seconds": ("double precision",), "lease_version": ("bigint",)}
+"""Added when missing: the holder's lease, trusted while ``lease_version = version`` (a
+write that does not know these columns, the Go package's, leaves them behind)."""
+
+# Statements are templates: {table} is the quoted, schema-qualified table; %(name)s
+# placeholders are bound by name (see Statement).
+
+CREATE = """
+CREATE TABLE IF NOT EXISTS {table} (
+    name text PRIMARY KEY,
+    holder text NOT NULL,
+    version bigint NOT NULL,
+    timestamp timestamp with time zone NOT NULL,
+    lease_seconds double precision,
+    lease_version bigint
+)
+"""
+ADD_LEASE = """
+ALTER TABLE {table}
+    ADD COLUMN IF NOT EXISTS lease_seconds double precision,
+    ADD COLUMN IF NOT EXISTS lease_version bigint
+"""
+TABLES_NAMED = """
+SELECT n.nspname FROM pg_catalog.pg_class AS c
+JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+WHERE c.relname = %(table)s AND c.relkind IN ('r', 'p')
+ORDER BY n.nspname
+"""
+SCHEMA_OF = """
+SELECT n.nspname FROM pg_catalog.pg_class AS c
+JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+WHERE c.oid = pg_catalog.to_regclass(%(table)s)
+"""
+CURRENT_SCHEMA = "SELECT pg_catalog.current_schema()"
+COLUMNS = """
+SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod)
+FROM pg_catalog.pg_attribute AS a
+WHERE a.attrelid = pg_catalog.to_regclass(%(table)s) AND a.attnum > 0 AND NOT a.attisdropped
+"""
+NAME_IS_UNIQUE = """
+SELECT count(*) FROM pg_catalog.pg_index AS i
+JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+WHERE i.indrelid = pg_catalog.to_regclass(%(table)s) AND i.indisunique AND i.indnatts = 1
+  AND a.attname = 'name'
+"""
+PRIVILEGES = """
+SELECT p.privilege FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE']) AS p(privilege)
+WHERE NOT pg_catalog.has_table_privilege(%(table)s, p.privilege)
+"""
 
 CREATED_VERSION = "(EXTRACT(EPOCH FROM pg_catalog.now()) * 1000000)::bigint"
 """The version of a created row: the database clock in microseconds (see Store)."""
 
-# Parameters: name, name, process, last version, last version, last written at (twice),
-# interval (three times). The statement returns what it wrote (version, timestamp) and
-# the row as it was before (holder, version, timestamp, seconds until it expires).
-CHECK = f"""
+OURS = """({row}.version = %(last_version)s::bigint OR (
+        {row}.version > %(last_version)s::bigint
+        AND {row}.timestamp > pg_catalog.to_timestamp(%(last_at)s::float8)
+        AND {row}.timestamp <= pg_catalog.to_timestamp(%(last_at)s::float8)
+                              + pg_catalog.make_interval(secs => %(interval)s::float8)))"""
+"""The row carries a version this instance wrote (store.is_ours, with the holder test)."""
+
+LEASE_OF = {
+    True: """COALESCE(CASE WHEN {row}.lease_version = {row}.version
+                       THEN {row}.lease_seconds END, %(interval)s::float8)""",
+    False: "%(interval)s::float8",
+}
+"""The lease a row's holder took: recorded in the row while trustworthy, else our own."""
+
+CHECK = """
 WITH previous AS (
-    SELECT holder, version, timestamp FROM {TABLE} WHERE name = %s FOR UPDATE
+    SELECT holder, version, timestamp, {previous_lease} AS lease
+    FROM {table} WHERE name = %(name)s FOR UPDATE
 ), written AS (
-    INSERT INTO {TABLE} AS f (name, holder, version, timestamp)
-    SELECT %s, %s, {CREATED_VERSION}, pg_catalog.now()
+    INSERT INTO {table} AS f (name, holder, version, timestamp{lease_columns})
+    SELECT %(name)s, %(process)s, {created}, pg_catalog.now(){created_lease}
     FROM (SELECT count(*) FROM previous) AS read_first  -- read the row before writing it
     ON CONFLICT (name) DO UPDATE
-        SET holder = excluded.holder, version = f.version + 1, timestamp = pg_catalog.now()
-        WHERE (f.holder = excluded.holder AND (f.version = %s::bigint OR (
-                   f.version > %s::bigint
-                   AND f.timestamp > pg_catalog.to_timestamp(%s::float8)
-                   AND f.timestamp <= pg_catalog.to_timestamp(%s::float8)
-                                      + pg_catalog.make_interval(secs => %s::float8))))
-           OR f.timestamp < pg_catalog.now() - pg_catalog.make_interval(secs => %s::float8)
+        SET holder = excluded.holder, version = f.version + 1,
+            timestamp = pg_catalog.now(){renewed_lease}
+        WHERE (f.holder = excluded.holder AND {ours})
+           OR f.timestamp < pg_catalog.now() - pg_catalog.make_interval(secs => {current_lease})
     RETURNING f.version, EXTRACT(EPOCH FROM f.timestamp)::float8 AS stamp
 )
 SELECT w.version, w.stamp, p.holder, p.version, EXTRACT(EPOCH FROM p.timestamp)::float8,
-       EXTRACT(EPOCH FROM p.timestamp + pg_catalog.make_interval(secs => %s::float8)
+       EXTRACT(EPOCH FROM p.timestamp + pg_catalog.make_interval(secs => p.lease)
                           - pg_catalog.now())::float8
 FROM (SELECT 1) AS one
 LEFT JOIN written AS w ON true
 LEFT JOIN previous AS p ON true
 """
+"""Acquire or renew in one statement; returns what it wrote (version, timestamp) and the
+row as it was before (holder, version, timestamp, seconds until it expires)."""
 
-# Parameters: name, process, last version (twice), last written at (twice), interval,
-# channel. Releases the row if it is this instance's own (store.is_ours).
-RELEASE = f"""
+RELEASE = """
 WITH released AS (
-    UPDATE {TABLE} SET timestamp = 'epoch'
-    WHERE name = %s AND holder = %s AND (version = %s::bigint OR (
-        version > %s::bigint
-        AND timestamp > pg_catalog.to_timestamp(%s::float8)
-        AND timestamp <= pg_catalog.to_timestamp(%s::float8)
-                         + pg_catalog.make_interval(secs => %s::float8)))
-    RETURNING name
+    UPDATE {table} AS f SET timestamp = 'epoch'
+    WHERE f.name = %(name)s AND f.holder = %(process)s AND {ours}
+    RETURNING f.name
 )
-SELECT pg_catalog.pg_notify(%s, '') FROM released
+SELECT pg_catalog.pg_notify(%(channel)s, '') FROM released
 """
-
-# Parameters: name, channel.
-EXPIRE = f"""
+EXPIRE = """
 WITH expired AS (
-    UPDATE {TABLE} SET timestamp = 'epoch', version = version + 1
-    WHERE name = %s
+    UPDATE {table} SET timestamp = 'epoch', version = version + 1
+    WHERE name = %(name)s
     RETURNING name
 )
-SELECT pg_catalog.pg_notify(%s, '') FROM expired
+SELECT pg_catalog.pg_notify(%(channel)s, '') FROM expired
 """
-
-EXISTS = f"SELECT to_regclass('{TABLE}') IS NOT NULL"
-PRIVILEGES = f"""
-SELECT p.privilege FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE']) AS p(privilege)
-WHERE NOT has_table_privilege('{TABLE}', p.privilege)
+ROWS = """
+SELECT name, holder, version,
+       EXTRACT(EPOCH FROM pg_catalog.now() - timestamp)::float8, {lease}
+FROM {table}
 """
-ROWS = f"SELECT name, holder, version, EXTRACT(EPOCH FROM now() - timestamp)::float8 FROM {TABLE}"
-LOCK_ROW = f"SELECT holder, version FROM {TABLE} WHERE name = %s FOR SHARE"
+LOCK_ROW = "SELECT holder, version FROM {table} WHERE name = %s FOR SHARE"
 
+INSUFFICIENT_PRIVILEGE = "42501"
 UNDEFINED_TABLE = "42P01"
 """SQLSTATE of a statement on a table that does not exist (it was dropped)."""
 
@@ -142,7 +174,80 @@ def channel_for(name: str) -> str:
     return "leadership_" + hashlib.sha256(name.encode()).hexdigest()[:32]
 
 
-def from_dsn(dsn: str, timeout: float, *, create: bool = True) -> PostgresStore:
+@dataclass(frozen=True)
+class Statement:
+    """SQL written with ``%(name)s`` placeholders, sent with positional ``%s`` ones (what
+    every driver accepts) and bound from a mapping by :meth:`bind`."""
+
+    sql: str
+    names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, template: str) -> Statement:
+        names = tuple(NAMED.findall(template))
+        return cls(NAMED.sub("%s", template), names)
+
+    def bind(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple(values[name] for name in self.names)
+
+
+NAMED = re.compile(r"%\((\w+)\)s")
+
+
+@dataclass(frozen=True)
+class Statements:
+    """The statements on one resolved table; ``leased`` when it has the lease columns."""
+
+    table: str
+    leased: bool
+    check: Statement
+    release: Statement
+    expire: Statement
+    rows: Statement
+    lock_row: str
+
+    @classmethod
+    def on(cls, table: QualifiedName, leased: bool) -> Statements:
+        quoted = table.quoted()
+
+        def of(template: str, **parts: str) -> Statement:
+            return Statement.of(template.format(table=quoted, **parts))
+
+        lease_of = LEASE_OF[leased]
+        return cls(
+            table=str(table),
+            leased=leased,
+            check=of(
+                CHECK,
+                previous_lease=lease_of.format(row=quoted),
+                lease_columns=", lease_seconds, lease_version" if leased else "",
+                created=CREATED_VERSION,
+                created_lease=f", %(interval)s::float8, {CREATED_VERSION}" if leased else "",
+                renewed_lease=(
+                    ", lease_seconds = excluded.lease_seconds, lease_version = f.version + 1"
+                    if leased
+                    else ""
+                ),
+                ours=OURS.format(row="f"),
+                current_lease=lease_of.format(row="f"),
+            ),
+            release=of(RELEASE, ours=OURS.format(row="f")),
+            expire=of(EXPIRE),
+            rows=of(
+                ROWS,
+                lease=(
+                    "CASE WHEN lease_version = version THEN lease_seconds END"
+                    if leased
+                    else "NULL::float8"
+                ),
+            ),
+            lock_row=LOCK_ROW.format(table=quoted),
+        )
+
+
+def from_dsn(
+    dsn: str, timeout: float, *, create: bool = True, table: str | None = None
+) -> PostgresStore:
     """The store for a ``postgresql://`` DSN, connected through pg8000 (native protocol).
     ``create`` is accepted for the factory's sake: connecting creates nothing here."""
     options = pg8000_options(dsn, timeout)
@@ -151,27 +256,48 @@ def from_dsn(dsn: str, timeout: float, *, create: bool = True) -> PostgresStore:
         return pg8000.native.Connection(**options)
 
     first = first_connection(connect, redact(dsn), options["timeout"])
-    return PostgresStore(connect, timeout, first=first)
+    return PostgresStore(connect, timeout, first=first, table=table)
 
 
-def from_connection(connect: Callable[[], Any], first: Any, timeout: float) -> PostgresStore:
+def from_connection(
+    connect: Callable[[], Any], first: Any, timeout: float, table: str | None = None
+) -> PostgresStore:
     """The store for a connection factory: any DB-API driver with ``%s`` placeholders."""
-    return PostgresStore(connect, timeout, first=first)
+    return PostgresStore(connect, timeout, first=first, table=table)
 
 
 class PostgresStore(ConnectedStore):
     """The flags table on PostgreSQL (pg8000, psycopg or any ``%s``-style DB-API driver).
 
     ``connect`` opens a new connection (a pg8000 native connection or a DB-API one);
-    ``timeout`` bounds each statement on the server (``statement_timeout``).
+    ``timeout`` bounds each statement on the server (``statement_timeout``). ``table``
+    names the table (``schema.name`` or ``name``, resolved through the search path);
+    without it, the one table named ``leadership_flags`` in the database is used, whatever
+    the schema, and it is an error when there are several.
     """
 
-    def __init__(self, connect: Callable[[], Any], timeout: float, first: Any = None) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        timeout: float,
+        first: Any = None,
+        table: str | None = None,
+    ) -> None:
         self._timeout_ms = timeout_ms(timeout)
+        self._wanted = QualifiedName.parse(table) if table is not None else None
+        self._sql: Statements | None = None
+        self.notes: list[str] = []
         self._channels: dict[str, str] = {}  # watched flag name -> its channel
         self._last_socket_wake = 0.0
         self._prepared: dict[str, Any] = {}
         super().__init__(connect, first)
+
+    @property
+    def table(self) -> str:
+        """The schema-qualified table (as given until it is resolved)."""
+        if self._sql is not None:
+            return self._sql.table
+        return str(self._wanted) if self._wanted is not None else TABLE
 
     def _setup(self, conn: Any) -> None:
         self._prepared = {}
@@ -200,11 +326,13 @@ class PostgresStore(ConnectedStore):
         finally:
             cursor.close()
 
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    def _query(self, sql: str | Statement, params: Any = ()) -> list[Any]:
         """Run one statement (autocommit); return its rows; reconnect next time after a
-        failure that broke the connection."""
+        failure that broke the connection. A Statement takes its parameters by name."""
+        statement = sql if isinstance(sql, Statement) else Statement.of(sql)
+        values = statement.bind(params) if isinstance(params, Mapping) else tuple(params)
         try:
-            rows = self._execute(self._connection(), sql, params)
+            rows = self._execute(self._connection(), statement.sql, values)
         except BaseException as error:
             if not _connection_survives(error):
                 self._reset()
@@ -214,32 +342,106 @@ class PostgresStore(ConnectedStore):
             notifications.clear()
         return rows
 
-    def _columns(self) -> dict[str, str]:
-        return dict(self._query(COLUMNS))
+    # --- the table: resolved once, created when missing ---------------------------------
+
+    def _resolve(self, create: bool) -> Statements | None:
+        """The statements on this store's table; None when it does not exist and
+        ``create`` is False."""
+        if self._sql is not None:
+            return self._sql
+        table = self._locate(create)
+        if table is None:
+            return None
+        try:
+            columns = dict(self._query(COLUMNS, {"table": table.quoted()}))
+        except Exception as error:
+            if _sqlstate(error) != INSUFFICIENT_PRIVILEGE:
+                raise
+            raise SchemaError(
+                f"table {table} cannot be used by this role ({describe_error(error)}): "
+                f"GRANT USAGE ON SCHEMA {table.schema} and SELECT, INSERT, UPDATE ON {table}, "
+                "or name another table with .table() (command line: --table)"
+            ) from None
+        check_columns(columns, EXPECTED)
+        leased = all(columns.get(column) in types for column, types in LEASE_COLUMNS.items())
+        if not leased and create:
+            leased = self._add_lease_columns(table)
+        self._sql = Statements.on(table, leased)
+        return self._sql
+
+    def _locate(self, create: bool) -> QualifiedName | None:
+        wanted = self._wanted
+        if wanted is None:
+            found = self._tables_named(TABLE)
+            if not found and create:
+                self._create(QualifiedName(None, TABLE))
+                found = self._tables_named(TABLE)  # two processes may have raced
+            return found[0] if found else None
+        if wanted.schema is None:  # a name alone: resolved through the search path
+            schema = self._query(SCHEMA_OF, {"table": wanted.quoted()})
+            if not schema and create:
+                self._create(wanted)
+                schema = self._query(SCHEMA_OF, {"table": wanted.quoted()})
+            return QualifiedName(str(schema[0][0]), wanted.name) if schema else None
+        exists = self._query(SCHEMA_OF, {"table": wanted.quoted()})
+        if not exists and create:
+            self._create(wanted)
+            exists = self._query(SCHEMA_OF, {"table": wanted.quoted()})
+        return wanted if exists else None
+
+    def _tables_named(self, name: str) -> list[QualifiedName]:
+        """Every table called ``name`` in the database, whatever the schema; raise when
+        there are several (processes could silently use different ones)."""
+        rows = self._query(TABLES_NAMED, {"table": name})
+        found = [QualifiedName(str(row[0]), name) for row in rows]
+        if len(found) > 1:
+            listed = ", ".join(str(table) for table in found)
+            raise SchemaError(
+                f"several tables named {name} in this database ({listed}): processes could "
+                f"use different ones; name one with .table('{found[0]}') (command line: "
+                "--table or LEADERSHIP_TABLE)"
+            )
+        return found
+
+    def _create(self, table: QualifiedName) -> None:
+        try:
+            self._query(CREATE.format(table=table.quoted()))
+        except Exception as error:
+            if self._query(SCHEMA_OF, {"table": table.quoted()}):
+                return  # another process made it meanwhile
+            raise (SchemaError if _sqlstate(error) == INSUFFICIENT_PRIVILEGE else StoreUnavailable)(
+                f"table {table} does not exist and could not be created: {describe_error(error)}"
+            ) from error
+
+    def _add_lease_columns(self, table: QualifiedName) -> bool:
+        try:
+            self._query(ADD_LEASE.format(table=table.quoted()))
+        except Exception as error:
+            if not _connection_survives(error):
+                raise
+            self.notes.append(
+                f"table {table}: cannot add the lease columns ({describe_error(error)}); "
+                "waiting processes judge expiry by their own interval, so every process "
+                "of a flag must use the same one"
+            )
+            return False
+        return True
 
     def prepare(self) -> None:
-        columns = self._columns()
-        if not columns:
-            try:
-                self._query(CREATE)
-            except Exception as error:
-                columns = self._columns()  # another process may have made it
-                if not columns:
-                    raise (SchemaError if _sqlstate(error) == "42501" else StoreUnavailable)(
-                        f"table {TABLE} does not exist and could not be created: "
-                        f"{describe_error(error)}"
-                    ) from error
-            else:
-                columns = self._columns()
-        check_columns(columns, EXPECTED)
-        if not self._query(NAME_IS_UNIQUE)[0][0]:
-            raise SchemaError(f"table {TABLE}: column name is not a primary key or unique")
-        missing = [row[0] for row in self._query(PRIVILEGES)]
+        statements = self._resolve(create=True)
+        assert statements is not None
+        table = statements.table
+        quoted = QualifiedName.parse(table).quoted()
+        if not self._query(NAME_IS_UNIQUE, {"table": quoted})[0][0]:
+            raise SchemaError(f"table {table}: column name is not a primary key or unique")
+        missing = [row[0] for row in self._query(PRIVILEGES, {"table": quoted})]
         if missing:
             raise SchemaError(
-                f"table {TABLE}: this role lacks {', '.join(missing)}: the flag needs "
-                f"GRANT SELECT, INSERT, UPDATE ON {TABLE} TO <role>"
+                f"table {table}: this role lacks {', '.join(missing)}: the flag needs "
+                f"GRANT SELECT, INSERT, UPDATE ON {table} TO <role>"
             )
+
+    # --- flags ---------------------------------------------------------------------------
 
     def watch(self, name: str, interval: float) -> None:
         if name in self._channels:
@@ -256,15 +458,20 @@ class PostgresStore(ConnectedStore):
     def acquire_or_renew(
         self, name: str, process: str, last: Written | None, interval: float
     ) -> Observation:
-        version, at = (last.version, last.at) if last is not None else (-1, 0.0)
-        parameters = (name, name, process, version, version, at, at, interval, interval, interval)
+        values = {
+            "name": name,
+            "process": process,
+            "last_version": last.version if last is not None else -1,
+            "last_at": last.at if last is not None else 0.0,
+            "interval": interval,
+        }
         try:
-            rows = self._query(CHECK, parameters)
+            rows = self._query(self._statements().check, values)
         except Exception as error:
             if _sqlstate(error) != UNDEFINED_TABLE:
                 raise
             self._recreate(error)
-            rows = self._query(CHECK, parameters)
+            rows = self._query(self._statements().check, values)
         written, written_at, holder, seen, seen_at, expires_in = rows[0]
         if written is not None:
             continued = seen is not None and is_ours(
@@ -278,38 +485,66 @@ class PostgresStore(ConnectedStore):
             None if expires_in is None else float(expires_in),
         )
 
+    def _statements(self) -> Statements:
+        statements = self._resolve(create=True)
+        assert statements is not None
+        return statements
+
     def _recreate(self, error: BaseException) -> None:
         """The table was dropped under a running flag: create it again, or say why not."""
+        dropped, self._sql = self.table, None
         try:
             self.prepare()
         except Exception as failure:
             raise SchemaError(
-                f"table {TABLE} was dropped ({describe_error(error)}) and cannot be created "
-                f"again: {describe_error(failure)}"
+                f"table {dropped} was dropped ({describe_error(error)}) and cannot be "
+                f"created again: {describe_error(failure)}"
             ) from failure
 
     def release(self, name: str, process: str, last: Written, interval: float) -> bool:
-        version, at = last.version, last.at
-        parameters = (name, process, version, version, at, at, interval, channel_for(name))
-        return bool(self._query(RELEASE, parameters))
+        values = {
+            "name": name,
+            "process": process,
+            "last_version": last.version,
+            "last_at": last.at,
+            "interval": interval,
+            "channel": channel_for(name),
+        }
+        return bool(self._query(self._statements().release, values))
 
     def read_rows(self, name: str | None = None) -> list[StoredRow]:
-        if not self._query(EXISTS)[0][0]:
+        statements = self._resolve(create=False)
+        if statements is None:
             return []  # no table yet: no flags (and reading creates nothing)
-        params: tuple[str, ...] = () if name is None else (name,)
-        sql = ROWS if name is None else f"{ROWS} WHERE name = %s"
+        sql = statements.rows.sql
+        params: tuple[str, ...] = ()
+        if name is not None:
+            sql, params = f"{sql} WHERE name = %s", (name,)
         rows = self._query(sql + " ORDER BY name", params)
-        return [StoredRow(str(n), str(h), int(v), float(a)) for n, h, v, a in rows]
+        return [
+            StoredRow(str(n), str(h), int(v), float(a), None if lease is None else float(lease))
+            for n, h, v, a, lease in rows
+        ]
 
     def expire(self, name: str) -> bool:
-        if not self._query(EXISTS)[0][0]:
+        statements = self._resolve(create=False)
+        if statements is None:
             return False
-        return bool(self._query(EXPIRE, (name, channel_for(name))))
+        return bool(self._query(statements.expire, {"name": name, "channel": channel_for(name)}))
 
     def lock_row(self, conn: DBAPIConnection, name: str) -> tuple[str, int] | None:
+        """Lock the row ``FOR SHARE`` in the caller's transaction, then read it; an
+        autocommit connection outside a transaction is refused (the lock would end with
+        the statement)."""
+        if getattr(conn, "autocommit", False) is True and not _in_transaction(conn):
+            raise LeadershipError(
+                "guard() needs the caller's transaction: this connection is in autocommit "
+                "mode, where the row lock would end with the statement; open a transaction "
+                "first (psycopg: with conn.transaction(): ...) or turn autocommit off"
+            )
         cursor = conn.cursor()
         try:
-            cursor.execute(LOCK_ROW, (name,))
+            cursor.execute(self._statements().lock_row, (name,))
             row = cursor.fetchone()
         finally:
             cursor.close()
@@ -343,6 +578,15 @@ class PostgresStore(ConnectedStore):
             except Exception:
                 return None
         return None
+
+
+def _in_transaction(conn: Any) -> bool:
+    """Whether a DB-API connection in autocommit mode has a transaction open anyway."""
+    info = getattr(conn, "info", None)
+    status = getattr(info, "transaction_status", None)  # psycopg 3: 0 is IDLE
+    if status is not None:
+        return int(status) != 0
+    return bool(getattr(conn, "_in_transaction", False))  # pg8000.dbapi
 
 
 def _sqlstate(error: BaseException) -> str | None:

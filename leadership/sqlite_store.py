@@ -34,6 +34,7 @@ from .store import (
     DBAPIConnection,
     HoldLost,
     Observation,
+    QualifiedName,
     StoredRow,
     Written,
     check_columns,
@@ -47,33 +48,38 @@ __all__ = ["SCHEMES", "SqliteStore", "from_connection", "from_dsn"]
 SCHEMES = ("sqlite",)
 """The DSN schemes this backend serves."""
 
-CREATE = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
+# Statements are templates on {table}, the quoted table name (see SqliteSql).
+CREATE = """
+CREATE TABLE IF NOT EXISTS {table} (
     name TEXT PRIMARY KEY,
     holder TEXT NOT NULL,
     version INTEGER NOT NULL,
     timestamp REAL NOT NULL,
-    domain TEXT
+    domain TEXT,
+    lease REAL
 )
 """
-ADD_DOMAIN = f"ALTER TABLE {TABLE} ADD COLUMN domain TEXT"
-COLUMNS = f"PRAGMA table_info({TABLE})"
+COLUMNS = "PRAGMA table_info({table})"
 EXPECTED = {
     "name": ("TEXT",),
     "holder": ("TEXT",),
     "version": ("INTEGER",),
     "timestamp": ("REAL",),
     "domain": ("TEXT",),
+    "lease": ("REAL",),
 }
-EXISTS = f"SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '{TABLE}'"
-ROWS = f"SELECT name, holder, version, timestamp, domain FROM {TABLE}"
-READ = f"SELECT holder, version, timestamp, domain FROM {TABLE} WHERE name = ?"
-INSERT = f"INSERT INTO {TABLE} (name, holder, version, timestamp, domain) VALUES (?, ?, ?, ?, ?)"
-WRITE = f"UPDATE {TABLE} SET holder = ?, version = ?, timestamp = ?, domain = ? WHERE name = ?"
-RELEASE = f"UPDATE {TABLE} SET timestamp = ? WHERE name = ? AND version = ?"
-EXPIRE = f"UPDATE {TABLE} SET timestamp = ?, version = version + 1 WHERE name = ?"
-TOUCH = f"UPDATE {TABLE} SET version = version WHERE name = ?"
-PEEK = f"SELECT timestamp, domain FROM {TABLE} WHERE name = ?"
+"""``domain`` and ``lease`` are added to a table made by version 0.1 (see ``prepare``)."""
+EXISTS = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
+ROWS = "SELECT name, holder, version, timestamp, domain, lease FROM {table}"
+READ = "SELECT holder, version, timestamp, domain, lease FROM {table} WHERE name = ?"
+INSERT = """INSERT INTO {table} (name, holder, version, timestamp, domain, lease)
+VALUES (?, ?, ?, ?, ?, ?)"""
+WRITE = """UPDATE {table} SET holder = ?, version = ?, timestamp = ?, domain = ?, lease = ?
+WHERE name = ?"""
+RELEASE = "UPDATE {table} SET timestamp = ? WHERE name = ? AND version = ?"
+EXPIRE = "UPDATE {table} SET timestamp = ?, version = version + 1 WHERE name = ?"
+TOUCH = "UPDATE {table} SET version = version WHERE name = ?"
+PEEK = "SELECT timestamp, domain, lease FROM {table} WHERE name = ?"
 FILE = "SELECT file FROM pragma_database_list WHERE name = 'main'"
 
 RELEASED = -1e9
@@ -82,7 +88,9 @@ POLL_MIN, POLL_MAX = 0.005, 0.5
 """Bounds of the peek period (seconds); within them it is a twentieth of the interval."""
 
 
-def from_dsn(dsn: str, timeout: float, *, create: bool = True) -> SqliteStore:
+def from_dsn(
+    dsn: str, timeout: float, *, create: bool = True, table: str | None = None
+) -> SqliteStore:
     """The store for an ``sqlite:///path`` handle; without ``create`` a missing file is
     an error instead of being created."""
     path = sqlite_path(dsn)
@@ -94,10 +102,12 @@ def from_dsn(dsn: str, timeout: float, *, create: bool = True) -> SqliteStore:
         except sqlite3.Error as error:
             raise StoreUnavailable(_explain(path, error)) from None
 
-    return SqliteStore(open_file, timeout, first=open_file())
+    return SqliteStore(open_file, timeout, first=open_file(), table=table)
 
 
-def from_connection(connect: Callable[[], Any], first: Any, timeout: float) -> SqliteStore | None:
+def from_connection(
+    connect: Callable[[], Any], first: Any, timeout: float, table: str | None = None
+) -> SqliteStore | None:
     """The store for a factory of sqlite3 connections (None for any other driver).
 
     Such connections may be bound to the thread that opened them, so the first one is
@@ -105,7 +115,7 @@ def from_connection(connect: Callable[[], Any], first: Any, timeout: float) -> S
     """
     if not isinstance(first, sqlite3.Connection):
         return None
-    return SqliteStore(connect, timeout, first=first, thread_bound=True)
+    return SqliteStore(connect, timeout, first=first, thread_bound=True, table=table)
 
 
 class SqliteStore(ConnectedStore):
@@ -113,7 +123,8 @@ class SqliteStore(ConnectedStore):
 
     ``connect`` opens a new connection; ``timeout`` is the busy timeout. With
     ``thread_bound``, the connection open during ``prepare()`` is closed after it.
-    ``clock`` stamps the rows (default: the host's boot clock).
+    ``clock`` stamps the rows (default: the host's boot clock). ``table`` names the table
+    (default ``leadership_flags``).
     """
 
     def __init__(
@@ -124,7 +135,10 @@ class SqliteStore(ConnectedStore):
         *,
         thread_bound: bool = False,
         clock: HostClock | None = None,
+        table: str | None = None,
     ) -> None:
+        self._table = QualifiedName.parse(table or TABLE)
+        self.notes: list[str] = []
         self._timeout_ms = timeout_ms(timeout)
         self._thread_bound = thread_bound
         self._clock = clock or host_clock()
@@ -132,6 +146,13 @@ class SqliteStore(ConnectedStore):
         self._path = ""  # the database file of the open connection
         self._identity: tuple[int, int] | None = None  # its (device, inode)
         super().__init__(connect, first)
+
+    @property
+    def table(self) -> str:
+        return str(self._table)
+
+    def _sql(self, template: str) -> str:
+        return template.format(table=self._table.quoted())
 
     @property
     def poll(self) -> float:
@@ -198,11 +219,13 @@ class SqliteStore(ConnectedStore):
 
     def prepare(self) -> None:
         def create(conn: Any) -> dict[str, str]:
-            conn.execute(CREATE)
-            columns = {row[1]: str(row[2]).upper() for row in conn.execute(COLUMNS)}
-            if "domain" not in columns:  # a table made by version 0.1
-                conn.execute(ADD_DOMAIN)
-                columns["domain"] = "TEXT"
+            conn.execute(self._sql(CREATE))
+            columns = {row[1]: str(row[2]).upper() for row in conn.execute(self._sql(COLUMNS))}
+            for added in ("domain", "lease"):  # missing from a table made by version 0.1
+                if added not in columns:
+                    kind = EXPECTED[added][0]
+                    conn.execute(self._sql(f"ALTER TABLE {{table}} ADD COLUMN {added} {kind}"))
+                    columns[added] = kind
             return columns
 
         try:
@@ -231,19 +254,22 @@ class SqliteStore(ConnectedStore):
             if replaced is not None:
                 raise HoldLost(replaced)
             now = clock.read()
-            row = conn.execute(READ, (name,)).fetchone()
+            row = conn.execute(self._sql(READ), (name,)).fetchone()
             if row is None:  # created at the wall clock in microseconds: see Store
                 created = time.time_ns() // 1000
-                conn.execute(INSERT, (name, process, created, now, clock.domain))
+                stamped = (name, process, created, now, clock.domain, interval)
+                conn.execute(self._sql(INSERT), stamped)
                 return Observation(Written(created, now))
-            holder, version, at, domain = row
+            holder, version, at, domain, lease = row
             if domain != clock.domain:  # stamped in another boot or clock domain: expired
                 at = -math.inf
+            lease = interval if lease is None else lease  # the holder's, when recorded
             ours = is_ours(holder, version, at, process, last, interval)
-            if ours or now - at > interval:
-                conn.execute(WRITE, (process, version + 1, now, clock.domain, name))
+            if ours or now - at > lease:
+                renewed = (process, version + 1, now, clock.domain, interval, name)
+                conn.execute(self._sql(WRITE), renewed)
                 return Observation(Written(version + 1, now, continued=ours))
-            return Observation(None, holder, version, at + interval - now)
+            return Observation(None, holder, version, at + lease - now)
 
         try:
             result: Observation = self._transaction(attempt)
@@ -258,38 +284,42 @@ class SqliteStore(ConnectedStore):
         domain = self._clock.domain
 
         def attempt(conn: Any) -> bool:
-            row = conn.execute(READ, (name,)).fetchone()
+            row = conn.execute(self._sql(READ), (name,)).fetchone()
             if row is None or row[3] != domain:
                 return False
-            holder, version, at, _ = row
+            holder, version, at = row[:3]
             if not is_ours(holder, version, at, process, last, interval):
                 return False
-            return bool(conn.execute(RELEASE, (RELEASED, name, version)).rowcount)
+            return bool(conn.execute(self._sql(RELEASE), (RELEASED, name, version)).rowcount)
 
         released: bool = self._transaction(attempt)
         return released
 
     def read_rows(self, name: str | None = None) -> list[StoredRow]:
-        if not self._query(EXISTS)[0][0]:
+        if not self._query(EXISTS, (self._table.name,))[0][0]:
             return []  # no table yet: no flags (and reading creates nothing)
-        columns = {row[1] for row in self._query(COLUMNS)}
-        sql = ROWS if "domain" in columns else ROWS.replace("domain", "NULL")
+        columns = {row[1] for row in self._query(self._sql(COLUMNS))}
+        sql = self._sql(ROWS)
+        for added in ("domain", "lease"):  # absent from a table made by version 0.1
+            if added not in columns:
+                sql = sql.replace(f", {added}", ", NULL", 1)
         params: tuple[str, ...] = () if name is None else (name,)
         if name is not None:
             sql += " WHERE name = ?"
         rows = self._query(sql + " ORDER BY name", params)
         now = self._clock.read()
+        domain = self._clock.domain
         return [
-            StoredRow(str(n), str(h), int(v), now - a if d == self._clock.domain else math.inf)
-            for n, h, v, a, d in rows
+            StoredRow(str(n), str(h), int(v), now - a if d == domain else math.inf, lease)
+            for n, h, v, a, d, lease in rows
         ]
 
     def expire(self, name: str) -> bool:
-        if not self._query(EXISTS)[0][0]:
+        if not self._query(EXISTS, (self._table.name,))[0][0]:
             return False
 
         def attempt(conn: Any) -> bool:
-            return bool(conn.execute(EXPIRE, (RELEASED, name)).rowcount)
+            return bool(conn.execute(self._sql(EXPIRE), (RELEASED, name)).rowcount)
 
         expired: bool = self._transaction(attempt)
         return expired
@@ -310,14 +340,14 @@ class SqliteStore(ConnectedStore):
             )
         cursor = conn.cursor()
         try:
-            cursor.execute(TOUCH, (name,))
-            cursor.execute(READ, (name,))
+            cursor.execute(self._sql(TOUCH), (name,))
+            cursor.execute(self._sql(READ), (name,))
             row = cursor.fetchone()
         finally:
             cursor.close()
         if row is None:
             return None
-        holder, version, _, domain = row
+        holder, version, _, domain, _ = row
         if domain != self._clock.domain:
             return None  # stamped in another boot: nobody holds it
         return str(holder), int(version)
@@ -336,8 +366,10 @@ class SqliteStore(ConnectedStore):
             conn = self._connection()
             now = self._clock.read()
             for name, interval in self._watched.items():
-                row = conn.execute(PEEK, (name,)).fetchone()
-                if row is None or row[1] != self._clock.domain or now - row[0] > interval:
+                row = conn.execute(self._sql(PEEK), (name,)).fetchone()
+                if row is None or row[1] != self._clock.domain:
+                    return True
+                if now - row[0] > (interval if row[2] is None else row[2]):
                     return True
         except Exception:  # any failure, the factory's too: the next attempt will tell
             self._reset()

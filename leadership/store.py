@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .errors import LeadershipError, SchemaError, StoreUnavailable
+from .errors import ConfigurationError, LeadershipError, SchemaError, StoreUnavailable
 
 __all__ = [
     "TABLE",
@@ -26,6 +27,7 @@ __all__ = [
     "DBAPIConnection",
     "HoldLost",
     "Observation",
+    "QualifiedName",
     "Store",
     "StoredRow",
     "Written",
@@ -124,12 +126,46 @@ class Observation:
 
 @dataclass(frozen=True)
 class StoredRow:
-    """One row of the flags table; ``age`` is seconds since its timestamp (database clock)."""
+    """One row of the flags table; ``age`` is seconds since its timestamp (database
+    clock); ``lease`` the holder's interval as recorded in the row, when trustworthy."""
 
     name: str
     holder: str
     version: int
     age: float
+    lease: float | None = None
+
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}\Z")
+"""A table or schema name this package accepts (plain SQL identifiers, at most 63 bytes)."""
+
+
+@dataclass(frozen=True)
+class QualifiedName:
+    """A table name, with its schema when known (``schema.name``)."""
+
+    schema: str | None
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> QualifiedName:
+        """``name`` or ``schema.name``; raise ConfigurationError("table") otherwise."""
+        parts = text.split(".") if isinstance(text, str) else []
+        if not 1 <= len(parts) <= 2 or not all(IDENTIFIER.match(part) for part in parts):
+            raise ConfigurationError(
+                "table",
+                f"expected name or schema.name made of letters, digits, _ and $ "
+                f"(not starting with a digit), got {text!r}",
+            )
+        return cls(parts[0], parts[1]) if len(parts) == 2 else cls(None, parts[0])
+
+    def quoted(self) -> str:
+        """The name as SQL, each part quoted."""
+        name = f'"{self.name}"'
+        return name if self.schema is None else f'"{self.schema}".{name}'
+
+    def __str__(self) -> str:
+        return self.name if self.schema is None else f"{self.schema}.{self.name}"
 
 
 class Store(Protocol):
@@ -140,6 +176,15 @@ class Store(Protocol):
     opened lazily and reopened after a failure that broke it (an ordinary SQL error, such
     as a statement timeout, keeps it).
     """
+
+    @property
+    def table(self) -> str:
+        """The table this store uses, as operators should read it (schema-qualified on
+        PostgreSQL once resolved)."""
+
+    @property
+    def notes(self) -> list[str]:
+        """Warnings for the operator found while preparing (logged once by the flag)."""
 
     def prepare(self) -> None:
         """Connect, create the table if missing and check its schema; raise on failure."""

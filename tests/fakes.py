@@ -76,6 +76,8 @@ class FakeStore:
     releases: list[tuple[str, str, int]] = field(default_factory=list)
     closed: bool = False
     watched: dict[str, float] = field(default_factory=dict)
+    table: str = "leadership_flags"
+    notes: list[str] = field(default_factory=list)
 
     def prepare(self) -> None:
         pass

@@ -247,7 +247,9 @@ def table(output: str) -> dict[str, dict[str, str]]:
     lines = output.strip().splitlines()
     titles = lines[0].split()
     assert titles == ["NAME", "HOLDER", "VERSION", "AGE", "LEFT", "STATE"], output
-    return {line.split()[0]: dict(zip(titles, line.split(), strict=True)) for line in lines[1:]}
+    assert lines[-1].startswith("(table "), output  # the table, schema-qualified
+    rows = [line for line in lines[1:] if not line.startswith("(")]
+    return {line.split()[0]: dict(zip(titles, line.split(), strict=True)) for line in rows}
 
 
 def seconds_cell(cell: str) -> float:
@@ -292,7 +294,17 @@ def test_status_shows_holder_age_time_left_and_state(
     assert as_json.returncode == 0, as_json.stderr
     entries = {entry["name"]: entry for entry in json.loads(as_json.stdout)}
     for entry in entries.values():
-        assert set(entry) == {"name", "holder", "version", "age", "left", "expired", "state"}
+        assert set(entry) == {
+            "table",
+            "name",
+            "holder",
+            "version",
+            "age",
+            "left",
+            "expired",
+            "state",
+        }
+        assert entry["table"] == "public.leadership_flags"
     assert entries[fresh]["holder"] == "alpha" and entries[fresh]["version"] == 3
     assert entries[fresh]["expired"] is False and entries[fresh]["state"] == "held"
     assert 0.5 < entries[fresh]["age"] < 9.5  # on the database clock, --interval 10

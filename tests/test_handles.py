@@ -231,7 +231,7 @@ def test_role_without_create_privilege_gets_a_schema_error_when_the_table_is_mis
     execute(pg_dsn, f"GRANT USAGE ON SCHEMA {schema} TO {role}")
     try:
         with pytest.raises(leadership.SchemaError, match="leadership_flags") as caught:
-            make_flag(pg_dsn, "p1", handle=ConnectionFactory(limited_role, search_path=schema))
+            make_flag(limited_role, "p1", table=f"{schema}.leadership_flags")
         assert "permission denied" in str(caught.value)
     finally:
         execute(pg_dsn, f"DROP SCHEMA {schema} CASCADE")
@@ -267,9 +267,8 @@ def test_incompatible_postgres_table_names_table_and_column(
     pg_dsn: str, fresh_schema: str, make_flag: MakeFlag, column: str
 ) -> None:
     execute(pg_dsn, f"CREATE TABLE {fresh_schema}.leadership_flags ({PG_BAD_TABLES[column]})")
-    handle = ConnectionFactory(pg_dsn, search_path=fresh_schema)
     with pytest.raises(leadership.SchemaError) as caught:
-        make_flag(pg_dsn, "p1", handle=handle)
+        make_flag(pg_dsn, "p1", table=f"{fresh_schema}.leadership_flags")
     assert isinstance(caught.value, leadership.LeadershipError)
     assert "leadership_flags" in str(caught.value)
     assert column in str(caught.value)
@@ -289,7 +288,7 @@ def test_incompatible_sqlite_table_names_table_and_column(
 def test_table_in_a_fresh_schema_is_created_with_the_documented_columns(
     pg_dsn: str, fresh_schema: str, make_flag: MakeFlag
 ) -> None:
-    flag = make_flag(pg_dsn, "p1", handle=ConnectionFactory(pg_dsn, search_path=fresh_schema))
+    flag = make_flag(pg_dsn, "p1", table=f"{fresh_schema}.leadership_flags")
     assert flag.wait_raised(2)
     columns = execute(
         pg_dsn,
@@ -302,6 +301,8 @@ def test_table_in_a_fresh_schema_is_created_with_the_documented_columns(
         ("holder", "text", "NO"),
         ("version", "bigint", "NO"),
         ("timestamp", "timestamp with time zone", "NO"),
+        ("lease_seconds", "double precision", "YES"),  # the holder's lease (Go ignores it)
+        ("lease_version", "bigint", "YES"),
     ]
 
 

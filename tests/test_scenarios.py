@@ -52,22 +52,28 @@ def test_1_build_fails_without_mandatory_parameters(missing: str, sqlite_dsn: st
 def test_2_creates_the_table_when_missing_and_uses_an_existing_one(
     any_dsn: str, make_flag: MakeFlag, flag_name: str
 ) -> None:
-    handle: object = any_dsn
-    if any_dsn.startswith("postgresql"):
+    options: dict[str, str] = {}
+    if any_dsn.startswith("postgresql"):  # the test database has its table: use another
         schema = f"scenario2_{flag_name.replace('-', '_')}"
         run(any_dsn, f"CREATE SCHEMA {schema}")
-        handle = ConnectionFactory(any_dsn, search_path=schema)
-        table = f"{schema}.leadership_flags"
+        table = options["table"] = f"{schema}.leadership_flags"
         exists = "SELECT to_regclass(%s) IS NOT NULL"
     else:
         table = "leadership_flags"
         exists = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = %s"
     assert not run(any_dsn, exists, (table,))[0][0]
-    first = make_flag(any_dsn, "p1", handle=handle)
-    assert run(any_dsn, exists, (table,))[0][0], "the table was created"
-    assert first.wait_raised(2)
-    second = make_flag(any_dsn, "p2", handle=handle, name=flag_name + "-other")
-    assert second.wait_raised(2), "works with the table already there"
+    flags: list[leadership.Flag] = []
+    try:
+        flags.append(make_flag(any_dsn, "p1", **options))
+        assert run(any_dsn, exists, (table,))[0][0], "the table was created"
+        assert flags[0].wait_raised(2)
+        flags.append(make_flag(any_dsn, "p2", name=flag_name + "-other", **options))
+        assert flags[1].wait_raised(2), "works with the table already there"
+    finally:
+        if "table" in options:  # a second table of that name would make others ambiguous
+            for flag in flags:
+                flag.close()
+            run(any_dsn, f"DROP SCHEMA {options['table'].split('.')[0]} CASCADE")
 
 
 # 3. No row yet: raised within ~40 ms (here: within 0.5 s of build()).
