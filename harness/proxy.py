@@ -11,6 +11,8 @@ server.
   and run, the client never hears back;
 - ``heal()`` ends both holds and delivers the held bytes, in order;
 - ``delay(seconds)`` delays each chunk, in each direction, by ``seconds`` (0 to end);
+- ``drip_replies(seconds)`` delivers the server's replies one byte every ``seconds`` (0 to
+  end): each socket read succeeds, the reply never completes in time;
 - ``close()`` stops listening and cuts every connection (idempotent).
 
 ``freeze()`` and ``thaw()`` are other names for ``partition()`` and ``heal()``. The
@@ -40,9 +42,15 @@ CONTROL_TIMEOUT = 10.0
 class _Pipe:
     """One direction of one connection: chunks (or None for EOF) with release times."""
 
-    def __init__(self, held: Callable[[], bool], latency: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        held: Callable[[], bool],
+        latency: Callable[[], float],
+        drip: Callable[[], float] = lambda: 0.0,
+    ) -> None:
         self._held = held
         self._latency = latency
+        self._drip = drip
         self._queue: collections.deque[tuple[float, bytes | None]] = collections.deque()
         self.changed = asyncio.Event()
 
@@ -77,6 +85,10 @@ class _Pipe:
                 self._queue.popleft()
                 if data is None:
                     return
+                drip = self._drip()
+                if drip > 0 and len(data) > 1:  # one byte now, the rest a little later
+                    self._queue.appendleft((time.monotonic() + drip, data[1:]))
+                    data = data[:1]
                 writer.write(data)
                 await writer.drain()
         except OSError:
@@ -95,6 +107,7 @@ class TcpProxy:
         self._requests_held = False
         self._replies_held = False
         self._latency = 0.0
+        self._drip = 0.0
         self._closed = False
         self._pipes: set[_Pipe] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -132,6 +145,12 @@ class TcpProxy:
             raise ValueError(f"delay must be >= 0 seconds, got {seconds}")
         self._set(latency=seconds)
 
+    def drip_replies(self, seconds: float) -> None:
+        """Deliver the server's replies one byte every ``seconds`` from now on (0 to end)."""
+        if seconds < 0:
+            raise ValueError(f"drip must be >= 0 seconds, got {seconds}")
+        self._set(drip=seconds)
+
     def close(self) -> None:
         """Stop listening, cut every connection and stop the loop thread; idempotent."""
         if self._closed:
@@ -162,6 +181,7 @@ class TcpProxy:
         requests: bool | None = None,
         replies: bool | None = None,
         latency: float | None = None,
+        drip: float | None = None,
     ) -> None:
         if self._closed:
             raise RuntimeError("the proxy is closed")
@@ -173,6 +193,8 @@ class TcpProxy:
                 self._replies_held = replies
             if latency is not None:
                 self._latency = latency
+            if drip is not None:
+                self._drip = drip
             if self._requests_held:
                 self._connectable.clear()
             else:
@@ -201,7 +223,7 @@ class TcpProxy:
         assert task is not None
         self._tasks.add(task)
         up = _Pipe(lambda: self._requests_held, self._latency_now)
-        down = _Pipe(lambda: self._replies_held, self._latency_now)
+        down = _Pipe(lambda: self._replies_held, self._latency_now, lambda: self._drip)
         self._pipes |= {up, down}
         children = [asyncio.create_task(up.pump_in(reader))]
         upstream: asyncio.StreamWriter | None = None

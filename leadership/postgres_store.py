@@ -18,6 +18,7 @@ from typing import Any
 
 import pg8000.native
 
+from .deadline import OperationTimeout, Watchdog, call_within, cut_connection
 from .dsn import pg8000_options, redact
 from .errors import LeadershipError, SchemaError, StoreUnavailable
 from .store import (
@@ -29,6 +30,7 @@ from .store import (
     StoredRow,
     Written,
     check_columns,
+    close_quietly,
     describe_error,
     first_connection,
     is_ours,
@@ -255,8 +257,15 @@ def from_dsn(
     def connect() -> Any:
         return pg8000.native.Connection(**options)
 
-    first = first_connection(connect, redact(dsn), options["timeout"])
-    return PostgresStore(connect, timeout, first=first, table=table)
+    connect_timeout = float(options["timeout"])
+
+    def connect_within() -> Any:
+        return call_within(connect_timeout, connect, close_quietly)
+
+    first = first_connection(connect_within, redact(dsn), connect_timeout)
+    return PostgresStore(
+        connect, timeout, first=first, table=table, connect_timeout=connect_timeout
+    )
 
 
 def from_connection(
@@ -282,15 +291,50 @@ class PostgresStore(ConnectedStore):
         timeout: float,
         first: Any = None,
         table: str | None = None,
+        connect_timeout: float | None = None,
     ) -> None:
+        self._timeout = timeout
+        self._connect_timeout = max(timeout, connect_timeout or timeout)
         self._timeout_ms = timeout_ms(timeout)
+        self._watchdog = Watchdog()
+        self._budget: float | None = None  # a deadline shared by several statements
         self._wanted = QualifiedName.parse(table) if table is not None else None
         self._sql: Statements | None = None
         self.notes: list[str] = []
         self._channels: dict[str, str] = {}  # watched flag name -> its channel
         self._last_socket_wake = 0.0
         self._prepared: dict[str, Any] = {}
-        super().__init__(connect, first)
+        super().__init__(connect)
+        if first is not None:
+            self._conn = self._bounded_setup(first)
+
+    def _connection(self) -> Any:
+        """The open connection, or a new one: connected and set up within the connect
+        timeout, whatever the peer does."""
+        if self._conn is None:
+            self._conn = self._bounded_setup(None)
+        return self._conn
+
+    def _bounded_setup(self, conn: Any) -> Any:
+        def open_and_set_up() -> Any:
+            opened = self._connect() if conn is None else conn
+            try:
+                self._setup(opened)
+            except BaseException:
+                close_quietly(opened)
+                raise
+            return opened
+
+        try:
+            return call_within(self._connect_timeout, open_and_set_up, close_quietly)
+        except OperationTimeout:
+            if conn is not None:
+                cut_connection(conn)
+            raise
+
+    def close(self) -> None:
+        super().close()
+        self._watchdog.stop()
 
     @property
     def table(self) -> str:
@@ -331,9 +375,17 @@ class PostgresStore(ConnectedStore):
         failure that broke the connection. A Statement takes its parameters by name."""
         statement = sql if isinstance(sql, Statement) else Statement.of(sql)
         values = statement.bind(params) if isinstance(params, Mapping) else tuple(params)
+        deadline = self._budget or time.monotonic() + self._timeout
+        conn = self._connection()
         try:
-            rows = self._execute(self._connection(), statement.sql, values)
+            with self._watchdog.bound(deadline, lambda: cut_connection(conn)):
+                rows = self._execute(conn, statement.sql, values)
         except BaseException as error:
+            if self._watchdog.fired:
+                self._reset()
+                raise OperationTimeout(
+                    f"no complete reply within {self._timeout:g} s: the connection was cut"
+                ) from error
             if not _connection_survives(error):
                 self._reset()
             raise
@@ -428,6 +480,14 @@ class PostgresStore(ConnectedStore):
         return True
 
     def prepare(self) -> None:
+        """Resolve, create and check the table, all within one timeout."""
+        self._budget = time.monotonic() + self._timeout
+        try:
+            self._prepare()
+        finally:
+            self._budget = None
+
+    def _prepare(self) -> None:
         statements = self._resolve(create=True)
         assert statements is not None
         table = statements.table

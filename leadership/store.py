@@ -32,6 +32,7 @@ __all__ = [
     "StoredRow",
     "Written",
     "check_columns",
+    "close_quietly",
     "describe_error",
     "drain",
     "first_connection",
@@ -320,7 +321,7 @@ class ConnectedStore:
             try:
                 self._setup(first)
             except BaseException:
-                _close_quietly(first)
+                close_quietly(first)
                 raise
             self._conn = first
 
@@ -333,7 +334,7 @@ class ConnectedStore:
             try:
                 self._setup(conn)
             except BaseException:
-                _close_quietly(conn)
+                close_quietly(conn)
                 raise
             self._conn = conn
         return self._conn
@@ -341,7 +342,7 @@ class ConnectedStore:
     def _reset(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            _close_quietly(conn)
+            close_quietly(conn)
 
     def close(self) -> None:
         self._reset()
@@ -359,6 +360,7 @@ class ConnectedStore:
         return watched if ready else None
 
 
-def _close_quietly(conn: Any) -> None:
+def close_quietly(conn: Any) -> None:
+    """Close a connection, ignoring any error (it may be broken already)."""
     with contextlib.suppress(Exception):
         conn.close()
