@@ -20,7 +20,7 @@ from .clock import jittered, now_ns
 from .metrics import FlagMetrics
 from .store import HoldLost, Observation, Store, describe_error
 from .tenure import Tenure
-from .timing import Timing
+from .timing import SAFETY_MARGIN, Timing
 
 __all__ = ["Campaign", "LeaseControl"]
 
@@ -88,6 +88,7 @@ class Campaign:
         self._duplicate_reported = False
         self._precheck_refused = False
         self._failures = 0  # consecutive failed attempts
+        self._exchange: tuple[int, int, float] | None = None  # last write: sent, received, at
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
@@ -234,11 +235,12 @@ class Campaign:
             with self._lock:
                 self._tenure.unanswered()
             return self._delay_after_failure(error)
+        received = self._clock()
         self._failures = 0
         if self._metrics:
-            self._metrics.check_took((self._clock() - started) / 1e9)
+            self._metrics.check_took((received - started) / 1e9)
         if seen.acquired:
-            return self._delay_after_win(seen, started)
+            return self._delay_after_win(seen, started, received)
         return self._delay_after_loss(seen)
 
     def _delay_after_failure(self, error: Exception) -> float:
@@ -252,21 +254,57 @@ class Campaign:
             return FIRST_RETRY
         return self._jitter(timing.retry_every, timing.jitter)
 
-    def _delay_after_win(self, seen: Observation, started: int) -> float:
+    def _delay_after_win(self, seen: Observation, started: int, received: int) -> float:
         assert seen.written is not None
+        jump = self._clock_jump(seen.written.at, started, received)
+        alarm = abs(jump) > SAFETY_MARGIN / 2 * self._timing.interval
         with self._lock:
             # A term continues only through this instance's own row under a live lease:
             # a row taken back after it expired or was released (someone else may have
             # held it meanwhile), or a lease that lapsed (callbacks saw it lowered),
             # starts a new term, so work of the old one is fenced off.
-            continues = seen.written.continued and self._lease.raised()
+            continues = seen.written.continued and self._lease.raised() and not alarm
             self._tenure.confirm(seen.written, new_term=not continues)
-            if not self._stopping and self._resign_for is None:
+            if alarm:
+                self._lease._lower()  # until two renewals agree with the lease clock again
+            elif not self._stopping and self._resign_for is None:
                 self._lease._extend(started, self._timing.lease_ns)
+        if alarm:
+            if self._metrics:
+                self._metrics.clock_jumped()
+            self._logger.error(
+                "flag %r: the database clock jumped %+.3f s between two renewals (beyond "
+                "what their round trips allow); the flag stays lowered until the clocks "
+                "agree again",
+                self._name,
+                jump,
+            )
+            self._report("the database clock jumped")
         self._duplicate_reported = False
         self._logger.debug("flag %r: holding version %d", self._name, seen.written.version)
         self._report()
         return self._jitter(self._timing.renew_every, self._timing.jitter)
+
+    def _clock_jump(self, at: float, sent: int, received: int) -> float:
+        """Seconds by which the database clock moved outside what the lease clock allows
+        since this instance's previous write (0.0 when it agrees, or with no previous one).
+
+        Each database stamp lies between the local send and receive of its statement, so
+        between two writes the database clock may advance by at least ``sent - received
+        before`` and at most ``received - sent before``: slow round trips widen the bounds
+        and never raise an alarm.
+        """
+        previous, self._exchange = self._exchange, (sent, received, at)
+        if previous is None:
+            return 0.0
+        sent_before, received_before, at_before = previous
+        progress = at - at_before
+        least, most = (sent - received_before) / 1e9, (received - sent_before) / 1e9
+        if progress > most:
+            return progress - most
+        if progress < least:
+            return progress - least
+        return 0.0
 
     def _delay_after_loss(self, seen: Observation) -> float:
         with self._lock:

@@ -6,7 +6,9 @@ With subsystem ``S`` (labels ``name`` and ``process``):
 - ``S_leadership_flag_transitions_total``: raises and lowers seen by the renewal thread;
 - ``S_leadership_flag_renewal_duration_seconds``: duration of each check (histogram);
 - ``S_leadership_flag_renewal_errors_total``: checks that failed;
-- ``S_leadership_flag_lease_remaining_seconds``: what ``lease_remaining()`` says, at scrape.
+- ``S_leadership_flag_lease_remaining_seconds``: what ``lease_remaining()`` says, at scrape;
+- ``S_leadership_flag_clock_jumps_total``: renewals whose database clock disagreed with the
+  lease clock by more than half the safety margin (the flag stays lowered meanwhile).
 
 Several flags may share one registry: the collectors are created once per registry
 and subsystem, and each flag uses its own label values.
@@ -35,6 +37,7 @@ class _Families:
     duration: Histogram
     errors: Counter
     remaining: Gauge
+    clock_jumps: Counter
 
 
 _families: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, _Families]] = (
@@ -70,6 +73,11 @@ def _families_for(registry: CollectorRegistry, subsystem: str) -> _Families:
                     "Seconds left on the local lease; 0 when lowered.",
                     LABELS, subsystem=subsystem, registry=registry,
                 ),
+                clock_jumps=Counter(
+                    "leadership_flag_clock_jumps",
+                    "Renewals whose database clock disagreed with the lease clock.",
+                    LABELS, subsystem=subsystem, registry=registry,
+                ),
             )  # fmt: skip
             by_subsystem[subsystem] = found
         return found
@@ -91,6 +99,7 @@ class FlagMetrics:
         self._transitions = families.transitions.labels(*self._labels)
         self._duration = families.duration.labels(*self._labels)
         self._errors = families.errors.labels(*self._labels)
+        self._clock_jumps = families.clock_jumps.labels(*self._labels)
 
     def bind(self, lease: Lease) -> None:
         """Read the state gauges from ``lease`` at scrape time (held weakly)."""
@@ -115,6 +124,9 @@ class FlagMetrics:
 
     def check_failed(self) -> None:
         self._errors.inc()
+
+    def clock_jumped(self) -> None:
+        self._clock_jumps.inc()
 
     def close(self) -> None:
         """Report the flag as lowered from now on (the series stay, at 0)."""

@@ -76,6 +76,8 @@ class FakeStore:
     releases: list[tuple[str, str, int]] = field(default_factory=list)
     closed: bool = False
     watched: dict[str, float] = field(default_factory=dict)
+    db_offset: float = 0.0
+    """Seconds the database clock is ahead of the shared clock (set it to step it)."""
     table: str = "leadership_flags"
     notes: list[str] = field(default_factory=list)
 
@@ -107,7 +109,7 @@ class FakeStore:
     def _decide(
         self, name: str, process: str, last: Written | None, interval: float
     ) -> Observation:
-        now = self.time.now
+        now = self.time.now + self.db_offset
         row = self.rows.get(name)
         if row is None:
             self.rows[name] = FakeRow(process, 0, now)

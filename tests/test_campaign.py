@@ -234,6 +234,37 @@ def test_a_row_released_behind_its_back_and_taken_back_starts_a_new_term(
     assert rig.campaign.term_start == 2
 
 
+@pytest.mark.parametrize("step", [+0.6, -0.6])
+def test_a_database_clock_jump_lowers_the_flag_until_the_clocks_agree(
+    make_rig: Callable[..., Rig], step: float
+) -> None:
+    """Half the safety margin is 0.5 s here: a 0.6 s step of the database clock between
+    two renewals is an alarm; the next renewal, consistent again, raises a new term."""
+    rig = make_rig()
+    rig.step()
+    rig.after(5.0)
+    assert rig.lease.raised()
+    rig.store.db_offset += step
+    rig.after(5.0)
+    assert not rig.lease.raised()
+    errors = rig.log.errors()
+    assert len(errors) == 1 and "database clock jumped" in errors[0]
+    assert f"{step:+.3f} s" in errors[0]
+    rig.after(5.0)
+    assert rig.lease.raised() and rig.campaign.term_start == 3  # a new term
+
+
+def test_slow_round_trips_raise_no_clock_alarm(make_rig: Callable[..., Rig]) -> None:
+    """The database stamps somewhere inside each round trip: a slow one moves the stamp
+    within its own bounds, which is no jump."""
+    rig = make_rig()
+    rig.step()
+    rig.store.during_call = lambda: rig.time.advance(0.9)  # a 0.9 s round trip...
+    rig.after(5.0)  # ... stamped at its very end
+    rig.after(5.0)
+    assert rig.lease.raised() and rig.log.errors() == []
+
+
 def test_resign_lowers_releases_and_stands_aside(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig()
     rig.step()
