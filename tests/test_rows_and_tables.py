@@ -20,15 +20,24 @@ def _new_term(flag: leadership.Flag, old: int) -> bool:
     return token is not None and token != old
 
 
-def test_a_deleted_row_starts_a_new_term_with_a_greater_token(
-    any_dsn: str, make_flag: MakeFlag, flag_name: str
-) -> None:
-    holder = make_flag(any_dsn, "holder")
+def _holder_after_its_row_vanished(
+    dsn: str, make_flag: MakeFlag, flag_name: str
+) -> tuple[leadership.Flag, int]:
+    """A raised holder whose row is deleted under it, once it started a new term; and
+    the token of its first term."""
+    holder = make_flag(dsn, "holder")
     assert holder.wait_raised(timeout=2.0)
     first = holder.token
     assert first is not None
-    run(any_dsn, "DELETE FROM leadership_flags WHERE name = %s", (flag_name,))
+    run(dsn, "DELETE FROM leadership_flags WHERE name = %s", (flag_name,))
     wait_or_fail(lambda: _new_term(holder, first), 2.0, "a new term after the row vanished")
+    return holder, first
+
+
+def test_a_deleted_row_starts_a_new_term_with_a_greater_token(
+    any_dsn: str, make_flag: MakeFlag, flag_name: str
+) -> None:
+    holder, first = _holder_after_its_row_vanished(any_dsn, make_flag, flag_name)
     second = holder.token
     assert second is not None and second > first, (first, second)
     row = read_row(any_dsn, flag_name)
@@ -38,12 +47,7 @@ def test_a_deleted_row_starts_a_new_term_with_a_greater_token(
 def test_guard_agrees_with_raised_after_the_row_vanished(
     pg_dsn: str, make_flag: MakeFlag, flag_name: str
 ) -> None:
-    holder = make_flag(pg_dsn, "holder")
-    assert holder.wait_raised(timeout=2.0)
-    first = holder.token
-    assert first is not None
-    execute(pg_dsn, "DELETE FROM leadership_flags WHERE name = %s", (flag_name,))
-    wait_or_fail(lambda: _new_term(holder, first), 2.0, "a new term after the row vanished")
+    holder, _ = _holder_after_its_row_vanished(pg_dsn, make_flag, flag_name)
     conn = ConnectionFactory(pg_dsn)()
     try:
         assert holder.guard(conn) == holder.token
