@@ -14,6 +14,14 @@ mode 0600 (as PostgreSQL wants its key), where relative paths in settings such a
 trust lines, so the first that matches wins. :meth:`Cluster.install` replaces a file
 later and :meth:`Cluster.reload` makes the server read its files again (SIGHUP).
 
+Replication: :meth:`Cluster.standby` makes a streaming standby of a running cluster
+(``pg_basebackup -R`` into a new data directory, ``primary_conninfo`` naming the standby
+by its ``name``, optionally through another ``host:port`` such as a fault proxy), which
+``start()`` starts; :meth:`Cluster.promote` ends its recovery; :meth:`Cluster.synchronous`
+makes commits wait for the named standbys (``synchronous_standby_names`` and
+``synchronous_commit``, through ``ALTER SYSTEM``, so the setting travels with
+``pg_basebackup``). ``stop("immediate")`` is a crash: nothing is flushed or sent.
+
 The server binaries are searched for in one order: ``initdb`` on ``PATH``, then
 ``pg_config --bindir``, then the newest ``/usr/lib/postgresql/<version>/bin`` (Debian).
 """
@@ -36,6 +44,7 @@ from types import TracebackType
 from typing import Any
 
 import pg8000.dbapi
+import pg8000.native
 
 from leadership.deadman import die_with_parent
 
@@ -133,9 +142,12 @@ class Cluster:
         *,
         files: Mapping[str, Path] | None = None,
         hba: Sequence[str] = (),
+        port: int | None = None,
+        name: str = "primary",
     ) -> None:
         self.user = user
-        self.port = free_port()
+        self.port = port or free_port()
+        self.name = name
         self.settings = {**SERVER_SETTINGS, **(settings or {})}
         self.files = dict(files or {})
         self.hba = list(hba)
@@ -245,6 +257,105 @@ class Cluster:
             with contextlib.suppress(OSError):
                 return (self._root / "server.log").read_bytes()[-size:].decode(errors="replace")
         return ""
+
+    def standby(
+        self,
+        name: str = "standby",
+        port: int | None = None,
+        via: tuple[str, int] | None = None,
+        timeout: float = 60.0,
+    ) -> Cluster:
+        """A new, not yet started, streaming standby of this running cluster, named
+        ``name`` (its ``application_name`` on the primary), on ``port`` (default: a free
+        one), replicating from ``via`` (default: this server) with this cluster's settings.
+        ClusterError when the base backup fails."""
+        if self._server is None or self._server.poll() is not None:
+            raise ClusterError("standby() needs a running primary")
+        replica = Cluster(self.settings, self.user, port=port, name=name)
+        root = replica._make_root()
+        host, source_port = via or ("127.0.0.1", self.port)
+        command = [
+            *replica._as_user(),
+            str(server_bindir() / "pg_basebackup"),
+            *("-D", str(root / "data"), "-h", host, "-p", str(source_port), "-U", self.user),
+            *("-R", "-X", "stream", "-c", "fast", "--no-sync"),
+        ]
+        try:
+            done = subprocess.run(command, capture_output=True, cwd=root, timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            replica.remove()
+            raise ClusterError(f"pg_basebackup failed: {error}") from None
+        if done.returncode != 0:
+            replica.remove()
+            raise ClusterError(f"pg_basebackup failed: {done.stderr.decode(errors='replace')}")
+        conninfo = f"host={host} port={source_port} user={self.user} application_name={name}"
+        with open(root / "data" / "postgresql.auto.conf", "a") as auto:
+            auto.write(f"primary_conninfo = '{conninfo}'\n")
+        return replica
+
+    def promote(self, timeout: float = 60.0) -> None:
+        """End this standby's recovery: it accepts writes when this returns."""
+        conn = self.native()
+        try:
+            (done,) = conn.run(f"SELECT pg_promote(true, {int(timeout)})")[0]
+        finally:
+            conn.close()
+        if not done:
+            raise ClusterError(f"{self.name} not promoted within {timeout} s")
+
+    def in_recovery(self) -> bool:
+        """Whether the server is a standby (still in recovery)."""
+        conn = self.native()
+        try:
+            return bool(conn.run("SELECT pg_is_in_recovery()")[0][0])
+        finally:
+            conn.close()
+
+    def synchronous(self, standby_names: str, commit: str = "on") -> None:
+        """Make commits wait for ``standby_names`` (``synchronous_standby_names``, ""
+        for none) with ``synchronous_commit = commit``; in force when this returns."""
+        conn = self.native()
+        try:
+            for setting, value in (
+                ("synchronous_standby_names", standby_names),
+                ("synchronous_commit", commit),
+            ):
+                conn.run(f"ALTER SYSTEM SET {setting} = {pg8000.native.literal(value)}")
+            conn.run("SELECT pg_reload_conf()")
+            deadline = time.monotonic() + 10
+            while conn.run("SHOW synchronous_standby_names")[0][0] != standby_names:
+                if time.monotonic() > deadline:
+                    raise ClusterError("synchronous_standby_names not reloaded within 10 s")
+                time.sleep(0.01)
+        finally:
+            conn.close()
+
+    def wait_streaming(self, name: str, sync: bool = False, timeout: float = 30.0) -> None:
+        """Wait until standby ``name`` streams from this server (and, with ``sync``, is
+        its synchronous standby); ClusterError after ``timeout``."""
+        wanted = ("sync",) if sync else ("async", "sync", "potential", "quorum")
+        conn = self.native()
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                rows = conn.run(
+                    "SELECT sync_state FROM pg_stat_replication"
+                    " WHERE application_name = :n AND state = 'streaming'",
+                    n=name,
+                )
+                if rows and rows[0][0] in wanted:
+                    return
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"standby {name} not streaming after {timeout} s: {rows}")
+                time.sleep(0.02)
+        finally:
+            conn.close()
+
+    def native(self, timeout: float = 5.0) -> pg8000.native.Connection:
+        """A pg8000 native connection straight to the server (``run(sql, **params)``)."""
+        return pg8000.native.Connection(
+            user=self.user, host="127.0.0.1", port=self.port, database="postgres", timeout=timeout
+        )
 
     def remove(self) -> None:
         """Stop the server (immediately) and delete the directory; idempotent."""
