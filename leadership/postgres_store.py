@@ -8,6 +8,7 @@ waiting for its schedule.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import re
@@ -19,7 +20,7 @@ from typing import Any
 import pg8000.native
 
 from .deadline import OperationTimeout, Watchdog, call_within, cut_connection
-from .dsn import pg8000_options, redact
+from .dsn import Targets, endpoint_of, pg8000_targets, redact
 from .errors import LeadershipError, SchemaError, StoreUnavailable
 from .store import (
     TABLE,
@@ -251,13 +252,22 @@ def from_dsn(
     dsn: str, timeout: float, *, create: bool = True, table: str | None = None
 ) -> PostgresStore:
     """The store for a ``postgresql://`` DSN, connected through pg8000 (native protocol).
-    ``create`` is accepted for the factory's sake: connecting creates nothing here."""
-    options = pg8000_options(dsn, timeout)
+    ``create`` is accepted for the factory's sake: connecting creates nothing here.
+
+    With several hosts (or ``target_session_attrs``), each connection, the first and every
+    reconnection, tries the hosts in order, each within the connect timeout, and keeps the
+    first that connects and accepts what ``target_session_attrs`` asks; the error names
+    every host tried with its reason."""
+    targets = pg8000_targets(dsn, timeout)
+    options = targets.options[0]
 
     def connect() -> Any:
         return pg8000.native.Connection(**options)
 
-    connect_timeout = float(options["timeout"])
+    connect_timeout = targets.connect_timeout
+    if len(targets.options) > 1 or targets.session_attrs != "any":
+        connect = _first_usable_host(targets)
+        connect_timeout = targets.connect_timeout * len(targets.options)
 
     def connect_within() -> Any:
         return call_within(connect_timeout, connect, close_quietly)
@@ -266,6 +276,49 @@ def from_dsn(
     return PostgresStore(
         connect, timeout, first=first, table=table, connect_timeout=connect_timeout
     )
+
+
+class NoUsableHost(ConnectionError):
+    """None of a DSN's hosts connected and accepted what ``target_session_attrs`` asks."""
+
+
+WRITABLE_CHECKS = {
+    "read-write": ("SHOW transaction_read_only", "off", "read-only sessions"),
+    "primary": ("SELECT pg_catalog.pg_is_in_recovery()", False, "a standby (in recovery)"),
+}
+"""``target_session_attrs``: the query that tells, the answer it needs, and why a host
+that answers otherwise is skipped."""
+
+
+def _first_usable_host(targets: Targets) -> Callable[[], Any]:
+    """A connect function that walks ``targets`` in order (see :func:`from_dsn`)."""
+    check = WRITABLE_CHECKS.get(targets.session_attrs)
+
+    def open_checked(options: dict[str, Any]) -> Any:
+        conn = pg8000.native.Connection(**options)
+        if check is not None:
+            try:
+                answer = conn.run(check[0])[0][0]
+            except BaseException:
+                close_quietly(conn)
+                raise
+            if answer != check[1]:
+                close_quietly(conn)
+                raise NoUsableHost(check[2])
+        return conn
+
+    def connect() -> Any:
+        failures = []
+        for options in targets.options:
+            try:
+                attempt = functools.partial(open_checked, options)
+                return call_within(targets.connect_timeout, attempt, close_quietly)
+            except Exception as error:
+                failures.append(f"{endpoint_of(options)}: {describe_error(error)}")
+        wanted = "" if check is None else f" ({targets.session_attrs})"
+        raise NoUsableHost(f"no usable host{wanted}, tried " + "; ".join(failures))
+
+    return connect
 
 
 def from_connection(
