@@ -1,0 +1,289 @@
+"""The flag over replicated PostgreSQL (issue 10): contenders whose DSN lists a primary
+and its standby with ``target_session_attrs=read-write``; the primary crashes
+(``stop -m immediate``), the standby is promoted, and the flag moves to it.
+
+With synchronous replication (``synchronous_commit = on`` and the standby named in
+``synchronous_standby_names``) every renewal a holder saw committed is on the standby
+before the crash: no overlap, over several failovers (a new standby is built from the
+new primary after each, on the crashed one's port, as an operator or Patroni would).
+
+With asynchronous replication a renewal the holder saw committed can be lost in the
+crash: the promoted standby has an older row, whose lease ends before the holder's.
+:func:`test_async_replication_loses_renewals_and_overlaps` measures that with the
+replication stream held back (through a fault proxy) for part of an interval before the
+crash: the honest figure is that it overlaps.
+
+``LEADERSHIP_FAILOVERS`` sets the number of synchronous failovers (default 3; the
+issue's chaos figure is 50).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+import leadership
+from harness.cluster import Cluster, missing_tools
+from harness.proxy import TcpProxy
+from leadership.testing import overlapping_spans
+from tests.history import OverlapWatch
+
+INTERVAL = 1.0
+TIMEOUT = 0.3
+CONTENDERS = 3
+FAILOVERS = int(os.environ.get("LEADERSHIP_FAILOVERS", "3"))
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+
+def require_tools() -> None:
+    reason = missing_tools()
+    if reason:
+        if os.environ.get("LEADERSHIP_REQUIRE_POSTGRES"):
+            pytest.fail(reason + " (LEADERSHIP_REQUIRE_POSTGRES is set)")
+        pytest.skip(reason)
+
+
+@dataclass
+class Replicated:
+    """A primary and one standby on two fixed ports, rebuilt after each failover."""
+
+    synchronous: bool
+    primary: Cluster = field(init=False)
+    standby: Cluster = field(init=False)
+    proxy: TcpProxy | None = None
+    builds: int = 0
+
+    def __post_init__(self) -> None:
+        self.primary = Cluster(name="node0").start()
+        self.standby = self._standby_of(self.primary, None)
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.primary.port, self.standby.port]
+
+    def _standby_of(self, primary: Cluster, port: int | None) -> Cluster:
+        self.builds += 1
+        name = f"node{self.builds}"
+        via = None
+        if self.proxy is not None:
+            self.proxy.close()
+            self.proxy = None
+        if not self.synchronous:  # the async stream goes through a proxy that can hold it
+            self.proxy = TcpProxy(("127.0.0.1", primary.port))
+            via = ("127.0.0.1", self.proxy.port)
+        standby = primary.standby(name, port=port, via=via)
+        standby.start()
+        primary.wait_streaming(name)
+        if self.synchronous:
+            primary.synchronous(name)
+            primary.wait_streaming(name, sync=True)
+        return standby
+
+    def fail_over(self) -> tuple[float, float]:
+        """Crash the primary, promote the standby; return the lease-clock-free times
+        (monotonic) of the crash and of the promotion's end."""
+        crashed = time.monotonic()
+        self.primary.stop("immediate")
+        self.standby.promote()
+        promoted = time.monotonic()
+        if self.synchronous:  # no standby to wait for until one is built (Patroni's way)
+            self.standby.synchronous("")
+        return crashed, promoted
+
+    def rebuild(self) -> None:
+        """A new standby of the new primary, on the crashed primary's port."""
+        old, self.primary = self.primary, self.standby
+        port = old.port
+        old.remove()
+        self.standby = self._standby_of(self.primary, port)
+
+    def dsn(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.ports)
+        return f"postgresql://postgres@{hosts}/postgres?target_session_attrs=read-write"
+
+    def remove(self) -> None:
+        if self.proxy is not None:
+            self.proxy.close()
+        self.standby.remove()
+        self.primary.remove()
+
+
+def contenders(dsn: str, name: str) -> list[leadership.Flag]:
+    return [
+        leadership.new_flag().handle(dsn).name(name).process(f"c{i}")
+        .interval(INTERVAL).timeout(TIMEOUT).build()
+        for i in range(CONTENDERS)
+    ]  # fmt: skip
+
+
+def wait_any_raised(flags: list[leadership.Flag], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(flag.raised() for flag in flags):
+        assert time.monotonic() < deadline, f"no flag raised within {timeout} s"
+        time.sleep(0.002)
+
+
+def overlap_ms(watch: OverlapWatch) -> list[float]:
+    """The sure common part of each overlap (ms, 0 for an instant)."""
+    spans = {str(i): runs.spans() for i, runs in enumerate(watch._runs)}
+    return [
+        max(0.0, (min(a.end, b.end) - max(a.start, b.start)) / 1e6)
+        for a, b in overlapping_spans(spans)
+    ]
+
+
+def renewed_on(cluster: Cluster, name: str, since: float) -> bool:
+    """Whether the flag's row on ``cluster`` was written after ``since`` (epoch s)."""
+    try:
+        conn = cluster.native(timeout=1)
+    except Exception:
+        return False
+    try:
+        rows = conn.run(
+            "SELECT extract(epoch FROM timestamp) > :t FROM leadership_flags WHERE name = :n",
+            t=since,
+            n=name,
+        )
+        return bool(rows and rows[0][0])
+    except Exception:
+        return False
+    finally:
+        conn.close()
+
+
+class Gaps:
+    """The longest time (s) no flag was raised, sampled every millisecond."""
+
+    def __init__(self, flags: list[leadership.Flag]) -> None:
+        self.flags = flags
+        self.longest = 0.0
+        self._since: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if any(flag.raised() for flag in self.flags):
+                if self._since is not None:
+                    self.longest = max(self.longest, now - self._since)
+                self._since = None
+            elif self._since is None:
+                self._since = now
+            time.sleep(0.001)
+
+    def reset(self) -> None:
+        self.longest, self._since = 0.0, None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+
+@pytest.fixture
+def synchronous() -> Iterator[Replicated]:
+    require_tools()
+    pair = Replicated(synchronous=True)
+    try:
+        yield pair
+    finally:
+        pair.remove()
+
+
+@pytest.fixture
+def asynchronous() -> Iterator[Replicated]:
+    require_tools()
+    pair = Replicated(synchronous=False)
+    try:
+        yield pair
+    finally:
+        pair.remove()
+
+
+def report(what: str, figures: list[float]) -> str:
+    if not figures:
+        return f"{what}: none"
+    return (
+        f"{what}: n={len(figures)} median {statistics.median(figures):.0f} max {max(figures):.0f}"
+    )
+
+
+def test_sync_failovers_move_the_flag_without_overlap(synchronous: Replicated) -> None:
+    name = f"replicated-{uuid.uuid4().hex[:8]}"
+    flags = contenders(synchronous.dsn(), name)
+    moved_ms: list[float] = []
+    unavailable_ms: list[float] = []
+    gaps = Gaps(flags)
+    try:
+        with OverlapWatch(flags, max_gap=0.05) as watch:
+            for _ in range(FAILOVERS):
+                wait_any_raised(flags)
+                time.sleep(INTERVAL)  # renewals flow to the standby meanwhile
+                gaps.reset()
+                crashed, _ = synchronous.fail_over()
+                since = time.time() - (time.monotonic() - crashed)
+                deadline = time.monotonic() + 15
+                while not renewed_on(synchronous.standby, name, since):
+                    assert time.monotonic() < deadline, "the flag never reached the new primary"
+                    time.sleep(0.01)
+                while not any(flag.raised() for flag in flags):
+                    assert time.monotonic() < deadline, "no flag raised on the new primary"
+                    time.sleep(0.001)
+                moved_ms.append((time.monotonic() - crashed) * 1000)
+                unavailable_ms.append(gaps.longest * 1000)
+                synchronous.rebuild()
+            watch.stop()
+            overlaps = overlap_ms(watch)
+    finally:
+        gaps.stop()
+        for flag in flags:
+            flag.close()
+    print(report("flag renewed on the new primary after the crash (ms)", moved_ms))
+    print(report("longest time without a raised flag (ms)", unavailable_ms))
+    assert not overlaps, f"overlaps under synchronous replication: {overlaps}"
+    assert max(moved_ms) < 10_000
+
+
+HELD = float(os.environ.get("LEADERSHIP_ASYNC_HELD", "0.6"))
+"""Seconds the replication stream is held before the crash: renewals committed on the
+primary meanwhile never reach the standby (0: the stream's own lag only)."""
+
+
+def test_async_replication_loses_renewals_and_overlaps(asynchronous: Replicated) -> None:
+    """Measured, not asserted safe: with the stream held ``HELD`` s before the crash, the
+    promoted standby's row is older than the holder's last committed renewal."""
+    trials = int(os.environ.get("LEADERSHIP_ASYNC_TRIALS", "2"))
+    found: list[float] = []
+    lost = 0
+    for trial in range(trials):
+        name = f"async-{trial}-{uuid.uuid4().hex[:6]}"
+        flags = contenders(asynchronous.dsn(), name)
+        try:
+            with OverlapWatch(flags, max_gap=0.05) as watch:
+                wait_any_raised(flags)
+                time.sleep(INTERVAL)
+                assert asynchronous.proxy is not None
+                if HELD:
+                    asynchronous.proxy.partition()
+                    time.sleep(HELD)
+                asynchronous.fail_over()
+                time.sleep(3 * INTERVAL)  # the new primary settles on one holder
+                watch.stop()
+                overlaps = overlap_ms(watch)
+        finally:
+            for flag in flags:
+                flag.close()
+        lost += 1
+        found += overlaps
+        asynchronous.rebuild()
+    print(f"async failovers: {lost}, with overlap: {len(found)}")
+    print(report("overlap under async replication (ms)", found))
