@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import logging
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -20,7 +21,7 @@ from typing import Any
 import pg8000.native
 
 from .deadline import OperationTimeout, Watchdog, call_within, cut_connection
-from .dsn import Targets, endpoint_of, pg8000_targets, redact
+from .dsn import POOLERS, Targets, endpoint_of, pg8000_targets, pooler_of, redact
 from .errors import LeadershipError, SchemaError, StoreUnavailable
 from .store import (
     TABLE,
@@ -165,6 +166,11 @@ FROM {table}
 LOCK_ROW = "SELECT holder, version FROM {table} WHERE name = %s FOR SHARE"
 
 INSUFFICIENT_PRIVILEGE = "42501"
+POOLED_STATEMENT_ERRORS = ("26000", "42P05")
+"""SQLSTATEs of a prepared statement that does not exist, or already exists, on the
+server connection: signs of a transaction pooler between the flag and the server."""
+LISTEN_COMMANDS = re.compile(r"\s*(UN)?LISTEN\b", re.IGNORECASE)
+POOLER_LOG = logging.getLogger("leadership")
 UNDEFINED_TABLE = "42P01"
 """SQLSTATE of a statement on a table that does not exist (it was dropped)."""
 
@@ -259,6 +265,7 @@ def from_dsn(
     first that connects and accepts what ``target_session_attrs`` asks; the error names
     every host tried with its reason."""
     targets = pg8000_targets(dsn, timeout)
+    pooler = pooler_of(dsn)
     options = targets.options[0]
 
     def connect() -> Any:
@@ -274,7 +281,12 @@ def from_dsn(
 
     first = first_connection(connect_within, redact(dsn), connect_timeout)
     return PostgresStore(
-        connect, timeout, first=first, table=table, connect_timeout=connect_timeout
+        connect,
+        timeout,
+        first=first,
+        table=table,
+        connect_timeout=connect_timeout,
+        pooler=pooler,
     )
 
 
@@ -345,7 +357,14 @@ class PostgresStore(ConnectedStore):
         first: Any = None,
         table: str | None = None,
         connect_timeout: float | None = None,
+        pooler: str = "none",
     ) -> None:
+        if pooler not in POOLERS:
+            raise ValueError(f"pooler must be one of {POOLERS}, got {pooler!r}")
+        # Transaction pooling: every statement in a transaction of its own, nothing
+        # left in the session (see _execute). Set when the DSN says so, or on the
+        # first sign of such a pooler (POOLED_STATEMENT_ERRORS).
+        self._per_transaction = pooler == "transaction"
         self._timeout = timeout
         self._connect_timeout = max(timeout, connect_timeout or timeout)
         self._timeout_ms = timeout_ms(timeout)
@@ -400,22 +419,54 @@ class PostgresStore(ConnectedStore):
         self._prepared = {}
         if hasattr(conn, "autocommit"):
             conn.autocommit = True
+        if self._per_transaction:
+            return  # nothing in the session: each statement bounds itself (_execute)
         self._execute(
-            conn, "SELECT set_config('statement_timeout', %s, false)", (str(self._timeout_ms),)
+            conn, f"SELECT set_config('statement_timeout', '{self._timeout_ms:d}', false)", ()
         )
         for channel in self._channels.values():
             self._execute(conn, f'LISTEN "{channel}"', ())
 
     def _execute(self, conn: Any, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        """Run ``sql`` (``%s`` placeholders) on ``conn``; return its rows."""
-        if isinstance(conn, pg8000.native.Connection):
+        """Run ``sql`` (``%s`` placeholders) on ``conn``; return its rows.
+
+        On pg8000 (native), a statement with parameters is prepared once per connection,
+        so each later run is one round trip. Behind a transaction pooler (``pooler =
+        transaction``, or after a prepared statement was lost or found taken: the pooler
+        moved this client to another server connection), each statement is one simple
+        query, one round trip, one transaction: ``SET LOCAL statement_timeout``, then the
+        statement with its parameters as literals; ``LISTEN`` and ``UNLISTEN`` are skipped
+        (waiting falls back to its schedule)."""
+        native = isinstance(conn, pg8000.native.Connection)
+        if native and self._per_transaction:
+            if LISTEN_COMMANDS.match(sql):
+                return []  # would stay on a server connection that other clients get
+            bounded = f"SET LOCAL statement_timeout = {self._timeout_ms:d}; {_inline(sql, params)}"
+            return list(conn.run(bounded) or [])
+        if native:
             if not params:
                 return list(conn.run(sql) or [])
-            # Prepared once per connection: each later run is one round trip.
-            statement = self._prepared.get(sql)
-            if statement is None:
-                statement = self._prepared[sql] = conn.prepare(_named_placeholders(sql))
-            return list(statement.run(**{f"p{i}": value for i, value in enumerate(params)}) or [])
+            try:
+                statement = self._prepared.get(sql)
+                if statement is None:
+                    statement = self._prepared[sql] = conn.prepare(_named_placeholders(sql))
+                values = {f"p{i}": value for i, value in enumerate(params)}
+                return list(statement.run(**values) or [])
+            except pg8000.native.DatabaseError as error:
+                if _sqlstate(error) not in POOLED_STATEMENT_ERRORS:
+                    raise
+                self._per_transaction = True  # nothing ran: run it again, the pooled way
+                self._prepared = {}
+                POOLER_LOG.warning(
+                    "table %s: %s: this connection goes through a pooler in transaction "
+                    "mode (PgBouncer's pool_mode = transaction); add pooler=transaction to "
+                    "the DSN. The flag now keeps nothing in the session (waiting processes "
+                    "fall back to their schedule), but the statement_timeout it set at "
+                    "connection may have been left on the pooler's server connections",
+                    self.table,
+                    describe_error(error),
+                )
+            return self._execute(conn, sql, params)
         cursor = conn.cursor()
         try:
             cursor.execute(sql, params)
@@ -709,6 +760,35 @@ def _sqlstate(error: BaseException) -> str | None:
         return str(code) if code else None
     code = getattr(error, "sqlstate", None)
     return str(code) if code else None
+
+
+def _inline(sql: str, params: tuple[Any, ...]) -> str:
+    """``sql`` with its ``%s`` placeholders replaced by ``params`` as SQL literals."""
+    parts = sql.split("%s")
+    if len(parts) != len(params) + 1:
+        raise ValueError(f"{len(parts) - 1} placeholders for {len(params)} parameters")
+    pieces = [parts[0]]
+    for value, part in zip(params, parts[1:], strict=True):
+        pieces += [_literal(value), part]
+    return "".join(pieces)
+
+
+def _literal(value: Any) -> str:
+    """An SQL literal for a parameter: text as an escape string (read the same whatever
+    ``standard_conforming_strings`` says), numbers, booleans and NULL; TypeError else."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return f"({value:d})"
+    if isinstance(value, float):
+        return f"'{value!r}'::float8"
+    if isinstance(value, str):
+        if "\0" in value:
+            raise ValueError("a text parameter cannot contain a NUL character")
+        return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+    raise TypeError(f"no SQL literal for a {type(value).__name__} parameter")
 
 
 def _named_placeholders(sql: str) -> str:
