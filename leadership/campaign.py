@@ -217,10 +217,10 @@ class Campaign:
         started = self._clock()
         with self._lock:
             self._tenure.sending()
-            last = self._tenure.last
+            mine = self._tenure.mine()
         try:
             seen = self._store.acquire_or_renew(
-                self._name, self._process, last, self._timing.interval
+                self._name, self._process, mine, self._timing.interval
             )
         except HoldLost as error:
             with self._lock:
@@ -346,12 +346,12 @@ class Campaign:
         """Lower the lease and release the row if this instance holds it."""
         with self._lock:
             self._lease._lower()
-            last = self._tenure.end()
+            mine = self._tenure.end()
         self._report(why)
-        if last is None:
+        if mine is None:
             return
         try:
-            released = self._store.release(self._name, self._process, last, self._timing.interval)
+            released = self._store.release(self._name, self._process, mine, self._timing.interval)
         except Exception as error:
             self._logger.error(
                 "flag %r: release failed (others wait for the lease to expire): %s",
@@ -366,6 +366,6 @@ class Campaign:
                 "flag %r: nothing to release (%s): the row no longer carries version %d of %r",
                 self._name,
                 why,
-                last.version,
+                mine.last.version,
                 self._process,
             )

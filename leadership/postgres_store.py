@@ -27,12 +27,14 @@ from .store import (
     TABLE,
     ConnectedStore,
     DBAPIConnection,
+    Mine,
     Observation,
     QualifiedName,
     StoredRow,
     Written,
     check_columns,
     close_quietly,
+    continues,
     describe_error,
     first_connection,
     is_ours,
@@ -105,6 +107,7 @@ CREATED_VERSION = "(EXTRACT(EPOCH FROM pg_catalog.now()) * 1000000)::bigint"
 
 OURS = """({row}.version = %(last_version)s::bigint OR (
         {row}.version > %(last_version)s::bigint
+        AND {row}.version <= %(last_version)s::bigint + %(pending)s::bigint
         AND {row}.timestamp > pg_catalog.to_timestamp(%(last_at)s::float8)
         AND {row}.timestamp <= pg_catalog.to_timestamp(%(last_at)s::float8)
                               + pg_catalog.make_interval(secs => %(interval)s::float8)))"""
@@ -620,13 +623,14 @@ class PostgresStore(ConnectedStore):
             self._query(f'UNLISTEN "{channel}"')
 
     def acquire_or_renew(
-        self, name: str, process: str, last: Written | None, interval: float
+        self, name: str, process: str, mine: Mine | None, interval: float
     ) -> Observation:
         values = {
             "name": name,
             "process": process,
-            "last_version": last.version if last is not None else -1,
-            "last_at": last.at if last is not None else 0.0,
+            "last_version": mine.last.version if mine is not None else -1,
+            "last_at": mine.last.at if mine is not None else 0.0,
+            "pending": mine.pending if mine is not None else 0,
             "interval": interval,
         }
         try:
@@ -638,8 +642,10 @@ class PostgresStore(ConnectedStore):
             rows = self._query(self._statements().check, values)
         written, written_at, holder, seen, seen_at, expires_in = rows[0]
         if written is not None:
-            continued = seen is not None and is_ours(
-                holder, int(seen), float(seen_at), process, last, interval
+            continued = (
+                seen is not None
+                and is_ours(holder, int(seen), float(seen_at), process, mine, interval)
+                and continues(int(seen), mine)
             )
             return Observation(Written(int(written), float(written_at), continued))
         return Observation(
@@ -665,12 +671,13 @@ class PostgresStore(ConnectedStore):
                 f"created again: {describe_error(failure)}"
             ) from failure
 
-    def release(self, name: str, process: str, last: Written, interval: float) -> bool:
+    def release(self, name: str, process: str, mine: Mine, interval: float) -> bool:
         values = {
             "name": name,
             "process": process,
-            "last_version": last.version,
-            "last_at": last.at,
+            "last_version": mine.last.version,
+            "last_at": mine.last.at,
+            "pending": mine.pending,
             "interval": interval,
             "channel": channel_for(name),
         }

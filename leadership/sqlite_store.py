@@ -33,11 +33,13 @@ from .store import (
     ConnectedStore,
     DBAPIConnection,
     HoldLost,
+    Mine,
     Observation,
     QualifiedName,
     StoredRow,
     Written,
     check_columns,
+    continues,
     describe_error,
     is_ours,
     timeout_ms,
@@ -82,6 +84,8 @@ TOUCH = "UPDATE {table} SET version = version WHERE name = ?"
 PEEK = "SELECT timestamp, domain, lease FROM {table} WHERE name = ?"
 FILE = "SELECT file FROM pragma_database_list WHERE name = 'main'"
 
+OPEN_ATTEMPTS = 5
+"""Times to reopen a file that was replaced while it was being opened."""
 RELEASED = -1e9
 """The timestamp of a released row: older than any lease on any clock reading."""
 POLL_MIN, POLL_MAX = 0.005, 0.5
@@ -93,16 +97,24 @@ def from_dsn(
 ) -> SqliteStore:
     """The store for an ``sqlite:///path`` handle; without ``create`` a missing file is
     an error instead of being created."""
-    path = sqlite_path(dsn)
-    target = path if create else f"file:{quote(os.path.abspath(path))}?mode=rw"
+    path = os.path.abspath(sqlite_path(dsn))  # reconnections must not follow a chdir
+    target = path if create else f"file:{quote(path)}?mode=rw"
 
     def open_file() -> sqlite3.Connection:
-        try:
-            return sqlite3.connect(target, timeout=timeout, check_same_thread=False, uri=not create)
-        except sqlite3.Error as error:
-            raise StoreUnavailable(_explain(path, error)) from None
+        for _ in range(OPEN_ATTEMPTS):  # the path must name the same file before and after
+            before = _identity(path)
+            try:
+                conn = sqlite3.connect(
+                    target, timeout=timeout, check_same_thread=False, uri=not create
+                )
+            except sqlite3.Error as error:
+                raise StoreUnavailable(_explain(path, error)) from None
+            if before is None or before == _identity(path):
+                return conn
+            conn.close()  # replaced while we opened it: open the new one
+        raise StoreUnavailable(f"SQLite file {path} keeps being replaced")
 
-    return SqliteStore(open_file, timeout, first=open_file(), table=table)
+    return SqliteStore(open_file, timeout, first=open_file(), table=table, path=path)
 
 
 def from_connection(
@@ -124,7 +136,8 @@ class SqliteStore(ConnectedStore):
     ``connect`` opens a new connection; ``timeout`` is the busy timeout. With
     ``thread_bound``, the connection open during ``prepare()`` is closed after it.
     ``clock`` stamps the rows (default: the host's boot clock). ``table`` names the table
-    (default ``leadership_flags``).
+    (default ``leadership_flags``). ``path`` is the file as the handle names it: its
+    identity is checked through that path (a symlink repointed counts as a replacement).
     """
 
     def __init__(
@@ -136,6 +149,7 @@ class SqliteStore(ConnectedStore):
         thread_bound: bool = False,
         clock: HostClock | None = None,
         table: str | None = None,
+        path: str | None = None,
     ) -> None:
         self._table = QualifiedName.parse(table or TABLE)
         self.notes: list[str] = []
@@ -143,6 +157,7 @@ class SqliteStore(ConnectedStore):
         self._thread_bound = thread_bound
         self._clock = clock or host_clock()
         self._watched: dict[str, float] = {}  # flag name -> interval
+        self._given_path = path  # the path as given (a symlink stays a symlink)
         self._path = ""  # the database file of the open connection
         self._identity: tuple[int, int] | None = None  # its (device, inode)
         super().__init__(connect, first)
@@ -162,7 +177,7 @@ class SqliteStore(ConnectedStore):
 
     def _setup(self, conn: Any) -> None:
         conn.isolation_level = None  # we open our own transactions
-        self._path = str(conn.execute(FILE).fetchone()[0])
+        self._path = self._given_path or str(conn.execute(FILE).fetchone()[0])
         try:
             conn.execute(f"PRAGMA busy_timeout = {self._timeout_ms}")
             self._switch_to_wal(conn)
@@ -245,7 +260,7 @@ class SqliteStore(ConnectedStore):
         self._watched.pop(name, None)
 
     def acquire_or_renew(
-        self, name: str, process: str, last: Written | None, interval: float
+        self, name: str, process: str, mine: Mine | None, interval: float
     ) -> Observation:
         clock = self._clock
 
@@ -264,23 +279,27 @@ class SqliteStore(ConnectedStore):
             if domain != clock.domain:  # stamped in another boot or clock domain: expired
                 at = -math.inf
             lease = interval if lease is None else lease  # the holder's, when recorded
-            ours = is_ours(holder, version, at, process, last, interval)
+            ours = is_ours(holder, version, at, process, mine, interval)
             if ours or now - at > lease:
                 renewed = (process, version + 1, now, clock.domain, interval, name)
                 conn.execute(self._sql(WRITE), renewed)
-                return Observation(Written(version + 1, now, continued=ours))
+                continued = ours and continues(version, mine)
+                return Observation(Written(version + 1, now, continued))
             return Observation(None, holder, version, at + lease - now)
 
         try:
             result: Observation = self._transaction(attempt)
-        except sqlite3.OperationalError as error:
+        except sqlite3.Error as error:
+            replaced = self._replaced()
+            if replaced is not None:  # the error came from the file going away under us
+                raise HoldLost(replaced) from error
             if "no such table" not in str(error):
                 raise
             self.prepare()  # the table was dropped under a running flag: create it again
             result = self._transaction(attempt)
         return result
 
-    def release(self, name: str, process: str, last: Written, interval: float) -> bool:
+    def release(self, name: str, process: str, mine: Mine, interval: float) -> bool:
         domain = self._clock.domain
 
         def attempt(conn: Any) -> bool:
@@ -288,7 +307,7 @@ class SqliteStore(ConnectedStore):
             if row is None or row[3] != domain:
                 return False
             holder, version, at = row[:3]
-            if not is_ours(holder, version, at, process, last, interval):
+            if not is_ours(holder, version, at, process, mine, interval):
                 return False
             return bool(conn.execute(self._sql(RELEASE), (RELEASED, name, version)).rowcount)
 

@@ -26,6 +26,7 @@ __all__ = [
     "Cursor",
     "DBAPIConnection",
     "HoldLost",
+    "Mine",
     "Observation",
     "QualifiedName",
     "Store",
@@ -33,6 +34,7 @@ __all__ = [
     "Written",
     "check_columns",
     "close_quietly",
+    "continues",
     "describe_error",
     "drain",
     "first_connection",
@@ -85,24 +87,43 @@ class Written:
     continued: bool = False
 
 
+@dataclass(frozen=True)
+class Mine:
+    """What this instance may have written to a row: ``last``, which it saw confirmed, and
+    up to ``pending`` later versions written by attempts whose outcome it never learned
+    (a lost reply, a commit that waited for a slow standby after the client gave up)."""
+
+    last: Written
+    pending: int = 0
+
+
 def is_ours(
-    holder: str, version: int, at: float, process: str, last: Written | None, interval: float
+    holder: str, version: int, at: float, process: str, mine: Mine | None, interval: float
 ) -> bool:
     """Whether a row (``holder``, ``version``, stamped ``at``) is this instance's own: it
-    carries ``process`` and either ``last.version``, or a later version stamped after
-    ``last.at`` but within ``interval`` of it.
+    carries ``process`` and either ``mine.last.version``, or one of the ``mine.pending``
+    versions after it, stamped after ``mine.last.at`` but within ``interval`` of it.
 
-    Only this instance can have written such a later version: renewals of ``last`` that
-    committed after it gave up on them (a lost reply, a commit that waited for a slow
-    standby), any number of them. Any other writer, a duplicate process name included,
-    must first wait for the row to expire, which is at least ``interval`` after
-    ``last.at``.
+    Another writer cannot have made such a row: with this process name it would need the
+    row expired (at least ``interval`` after our write) or released by an administrator
+    (which also bumps the version, so the versions we count on can only be ours when we
+    count no more than our own unanswered attempts).
     """
-    if last is None or holder != process:
+    if mine is None or holder != process:
         return False
+    last = mine.last
     if version == last.version:
         return True
-    return version > last.version and last.at < at <= last.at + interval
+    return last.version < version <= last.version + mine.pending and (
+        last.at < at <= last.at + interval
+    )
+
+
+def continues(previous_version: int, mine: Mine | None) -> bool:
+    """Whether a write over a row of ours (see :func:`is_ours`) at ``previous_version``
+    continues this instance's term: only a renewal of ``mine.last`` itself or of the one
+    version after it (a single lost reply) does; any longer chain starts a new term."""
+    return mine is not None and previous_version <= mine.last.version + 1
 
 
 @dataclass(frozen=True)
@@ -198,22 +219,21 @@ class Store(Protocol):
         """Stop watching flag ``name``."""
 
     def acquire_or_renew(
-        self, name: str, process: str, last: Written | None, interval: float
+        self, name: str, process: str, mine: Mine | None, interval: float
     ) -> Observation:
         """Write the row of ``name`` for ``process`` in one atomic statement, if allowed.
 
-        The row is written (version + 1; timestamp now) when it is
-        missing, when it is older than ``interval`` seconds on the database clock, or when
-        it is this instance's own by :func:`is_ours` (``last`` is the version this instance
-        last wrote and saw confirmed). A created row's version is the database clock in
-        microseconds, so versions, and fencing tokens, keep growing when a row is deleted
-        and created again.
+        The row is written (version + 1; timestamp now) when it is missing, when it is
+        older than ``interval`` seconds on the database clock, or when it is this
+        instance's own by :func:`is_ours` (``mine``: what this instance wrote). A created
+        row's version is the database clock in microseconds, so versions, and fencing
+        tokens, keep growing when a row is deleted and created again.
         """
 
-    def release(self, name: str, process: str, last: Written, interval: float) -> bool:
+    def release(self, name: str, process: str, mine: Mine, interval: float) -> bool:
         """Expire the row of ``name`` if it is this instance's own (see :func:`is_ours`:
-        ``last``, or what renewals of it that committed late wrote), and wake the
-        processes waiting for it. True when a row was released."""
+        ``mine.last``, or what its unanswered attempts wrote), and wake the processes
+        waiting for it. True when a row was released."""
 
     def wait(self, seconds: float, wake_fd: int) -> None:
         """Sleep up to ``seconds``; return early when ``wake_fd`` is readable or a watched

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .store import Written
+from .store import Mine, Written
 
 __all__ = ["Tenure"]
 
@@ -21,12 +21,13 @@ class Tenure:
       term; no other writer can use them under this process name while its lease lasts.
     """
 
-    __slots__ = ("in_flight", "last", "start")
+    __slots__ = ("in_flight", "last", "pending", "start")
 
     def __init__(self) -> None:
         self.start: int | None = None
         self.last: Written | None = None
         self.in_flight = False
+        self.pending = 0  # attempts since ``last`` whose outcome is unknown
 
     @property
     def held(self) -> bool:
@@ -43,9 +44,15 @@ class Tenure:
         """A renewal (or a first acquisition) is about to be sent."""
         self.in_flight = self.last is not None
 
+    def mine(self) -> Mine | None:
+        """What this instance may have written to the row (see store.Mine)."""
+        return None if self.last is None else Mine(self.last, self.pending)
+
     def unanswered(self) -> None:
-        """The renewal failed without an answer: whether it landed stays unknown."""
+        """The attempt failed without an answer: whether it landed stays unknown."""
         self.in_flight = False
+        if self.last is not None:
+            self.pending += 1
 
     def confirm(self, written: Written, new_term: bool) -> None:
         """The store wrote ``written`` for this instance; ``new_term`` starts a term at it
@@ -54,9 +61,11 @@ class Tenure:
             self.start = written.version
         self.last = written
         self.in_flight = False
+        self.pending = 0
 
-    def end(self) -> Written | None:
-        """Forget the term; return the last confirmed write, if any (to release it)."""
-        last = self.last
-        self.start, self.last, self.in_flight = None, None, False
-        return last
+    def end(self) -> Mine | None:
+        """Forget the term; return what this instance may have written, if anything (to
+        release it)."""
+        mine = self.mine()
+        self.start, self.last, self.in_flight, self.pending = None, None, False, 0
+        return mine

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from leadership.store import DBAPIConnection, Observation, StoredRow, Written
+from leadership.store import DBAPIConnection, Mine, Observation, StoredRow, Written
 
 
 class FakeTime:
@@ -91,7 +91,7 @@ class FakeStore:
         self.watched.pop(name, None)
 
     def acquire_or_renew(
-        self, name: str, process: str, last: Written | None, interval: float
+        self, name: str, process: str, mine: Mine | None, interval: float
     ) -> Observation:
         self.calls += 1
         if self.during_call is not None:
@@ -100,37 +100,44 @@ class FakeStore:
         if self.fail_next:
             self.fail_next -= 1
             raise StoreFailure("the test cut the connection")
-        seen = self._decide(name, process, last, interval)
+        seen = self._decide(name, process, mine, interval)
         if self.lose_next and seen.acquired:
             self.lose_next -= 1
             raise StoreFailure("the reply was lost")
         return seen
 
-    def _decide(
-        self, name: str, process: str, last: Written | None, interval: float
-    ) -> Observation:
+    def _decide(self, name: str, process: str, mine: Mine | None, interval: float) -> Observation:
         now = self.time.now + self.db_offset
         row = self.rows.get(name)
         if row is None:
             self.rows[name] = FakeRow(process, 0, now)
             return Observation(Written(0, now))
+        last = mine.last if mine is not None else None
         ours = (
             row.holder == process
+            and mine is not None
             and last is not None
             and (
                 row.version == last.version
-                or (row.version > last.version and last.at < row.at <= last.at + interval)
+                or (
+                    last.version < row.version <= last.version + mine.pending
+                    and last.at < row.at <= last.at + interval
+                )
             )
         )
         if ours or now - row.at > interval:
+            continued = ours and last is not None and row.version <= last.version + 1
             self.rows[name] = FakeRow(process, row.version + 1, now)
-            return Observation(Written(row.version + 1, now, continued=ours))
+            return Observation(Written(row.version + 1, now, continued))
         return Observation(None, row.holder, row.version, row.at + interval - now)
 
-    def release(self, name: str, process: str, last: Written, interval: float) -> bool:
+    def release(self, name: str, process: str, mine: Mine, interval: float) -> bool:
+        last = mine.last
         self.releases.append((name, process, last.version))
         row = self.rows.get(name)
         if row is None or row.holder != process or row.version < last.version:
+            return False
+        if row.version > last.version + mine.pending:
             return False
         if row.version > last.version and not last.at < row.at <= last.at + interval:
             return False

@@ -139,7 +139,9 @@ def test_several_renewals_committed_after_the_client_gave_up_are_ours(
     make_rig: Callable[..., Rig],
 ) -> None:
     """Commits that waited for a stalled standby land after the client timed out, two
-    in a row: both are recognised, the term goes on, nobody is blamed."""
+    in a row: both are recognised as this instance's, nobody is blamed, the flag stays
+    raised; a chain longer than one lost reply starts a new term (a new token), as
+    nothing proves every link of it was a renewal."""
     rig = make_rig()
     rig.step()
     rig.store.lose_next = 2
@@ -148,8 +150,46 @@ def test_several_renewals_committed_after_the_client_gave_up_are_ours(
     assert rig.store.rows[NAME].version == 2
     assert rig.after(TIMING.retry_every) == TIMING.renew_every
     assert rig.store.rows[NAME] == FakeRow("me", 3, rig.time.now)
-    assert rig.lease.raised() and rig.campaign.term_start == 0
+    assert rig.lease.raised() and rig.campaign.term_start == 3
     assert not any("unique" in text for text in rig.log.errors())
+
+
+def test_a_duplicate_name_is_not_taken_for_a_late_commit_after_an_admin_release(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """Two instances named "me"; an administrator releases the row and the other one
+    takes it: a version after ours, stamped within our interval, yet not ours (we sent
+    nothing that could have written it)."""
+    rig = make_rig()
+    rig.step()
+    assert rig.store.expire(NAME)  # version 1, expired
+    rig.time.advance(1.0)
+    rig.store.rows[NAME] = FakeRow("me", 2, rig.time.now)  # the other "me" took it
+    rig.after(1.0)
+    assert not rig.lease.raised()
+    assert any("process names must be unique" in text for text in rig.log.errors())
+
+
+def test_a_lost_takeover_after_someone_elses_tenure_starts_a_new_term(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """Attempts fail for a while; meanwhile another process holds and releases the row;
+    then our takeover commits but its reply is lost. The row is ours, but the term did
+    not continue: the token must not go back below the other's."""
+    rig = make_rig()
+    rig.step()
+    rig.store.fail_next = 2
+    rig.after(5.0)
+    rig.after(FIRST_RETRY)
+    rig.store.rows[NAME] = FakeRow("other", 5, 0.0)  # held, then released, by another
+    rig.store.lose_next = 1
+    rig.after(TIMING.retry_every)  # our takeover writes version 6, its reply is lost
+    delay = rig.after(TIMING.retry_every)
+    # Version 6 is beyond what our own unanswered attempts could have written on top of
+    # version 0: it is not recognised, and the old term cannot go on (safe, if slow).
+    assert not rig.lease.raised() and rig.campaign.term_start is None
+    rig.after(delay)  # that row expired
+    assert rig.lease.raised() and rig.campaign.term_start == 7  # above the other's 5
 
 
 def test_close_releases_what_a_late_commit_wrote(make_rig: Callable[..., Rig]) -> None:

@@ -48,15 +48,20 @@ def _remove_database(path: str) -> None:
 # --- a removed or replaced file --------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["removed", "replaced"])
+@pytest.mark.parametrize("how", ["removed", "replaced", "repointed"])
 def test_a_removed_or_replaced_file_lowers_the_holder_at_once(
     how: str, sqlite_dsn: str, make_flag: MakeFlag, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = sqlite_path(sqlite_dsn)
+    if how == "repointed":  # the handle names a symlink (a deploy's current -> v1)
+        os.symlink(path + ".v1", path)
     holder = make_flag(sqlite_dsn, "holder")
     assert holder.wait_raised(timeout=2.0)
     if how == "removed":  # an operator "resetting" state, a temp cleaner
         _remove_database(path)
+    elif how == "repointed":  # current -> v2, atomically
+        os.symlink(path + ".v2", path + ".link")
+        os.replace(path + ".link", path)
     else:  # an atomic replacement by a fresh file
         fresh = path + ".fresh"
         sqlite3.connect(fresh).close()
@@ -69,7 +74,8 @@ def test_a_removed_or_replaced_file_lowers_the_holder_at_once(
         lowered = wait_for(lambda: not holder.raised(), timeout=1.0)
     assert lowered is not None, "the holder kept its flag on a file that is gone"
     assert time.monotonic() - changed < 0.5
-    assert any(path in record.getMessage() for record in caplog.records), caplog.text
+    named = wait_for(lambda: path in caplog.text, 1.0)  # logged right after lowering
+    assert named is not None, caplog.text
     # The holder follows the path to the new file, where the newcomer holds the flag.
     time.sleep(0.3)
     assert newcomer.raised() and not holder.raised()
