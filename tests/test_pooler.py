@@ -143,6 +143,7 @@ def contend(dsn: str, make_flag: MakeFlag) -> tuple[float, float, list[leadershi
     return availability, handover, flags
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("route", ["direct", "session", "transaction"])
 def test_flag_works_behind_pgbouncer_and_leaves_nothing_behind(
     route: str, pg_dsn: str, make_flag: MakeFlag
