@@ -169,3 +169,24 @@ def test_the_holder_records_its_lease_and_status_uses_it(
     (row,) = leadership.admin.read_flags(pg_dsn, 999.0, 1.0, flag_name)  # no --interval
     assert row.interval == 3.0 and 0 < row.left <= 3.0
     assert read_row(pg_dsn, flag_name) is not None
+
+
+def test_without_the_right_to_add_the_lease_columns_it_works_and_warns_once(
+    private_schemas: tuple[Database, list[str]],
+    make_flag: MakeFlag,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    database, (role_a, _) = private_schemas
+    execute(
+        database.dsn,  # a table made by version 0.1 (or the Go package), owned by another role
+        "CREATE TABLE public.leadership_flags (name text PRIMARY KEY, holder text NOT NULL, "
+        "version bigint NOT NULL, timestamp timestamptz NOT NULL)",
+    )
+    execute(database.dsn, f"GRANT SELECT, INSERT, UPDATE ON public.leadership_flags TO {role_a}")
+    with caplog.at_level("WARNING", logger="leadership"):
+        flag = make_flag(database.as_role(role_a), "a")
+        assert flag.wait_raised(timeout=2.0)
+        time.sleep(0.5)  # a few renewals: no warning for each
+    warnings = [r.getMessage() for r in caplog.records if "lease columns" in r.getMessage()]
+    assert len(warnings) == 1, caplog.text
+    assert "same" in warnings[0]  # every process of the flag must use the same interval
