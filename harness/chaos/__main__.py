@@ -37,7 +37,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--kinds",
         default=",".join(KINDS),
-        help=f"comma-separated fault kinds (default all: {','.join(KINDS)})",
+        help=f"comma-separated fault kinds (default: {','.join(KINDS)}; also: failover,"
+        " a replicated pair whose primary crashes and whose standby is promoted)",
     )
     parser.add_argument(
         "--holder-bias", type=float, default=0.8, help="chance a process fault hits the holder"

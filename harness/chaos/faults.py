@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["KINDS", "PROCESS_KINDS", "Fault", "FaultSpec", "schedule"]
+__all__ = ["ALL_KINDS", "KINDS", "PROCESS_KINDS", "Fault", "FaultSpec", "schedule"]
 
 KINDS = (
     "kill",  # SIGKILL of a contender; a replacement starts
@@ -25,6 +25,13 @@ KINDS = (
     "steal",  # UPDATE of the row to holder 'thief', version + 1, timestamp now()
     "readonly",  # default_transaction_read_only on for 1.2-3 x interval, then off
 )
+
+OPTIONAL_KINDS = (
+    "failover",  # the primary crashes (immediate), its synchronous standby is promoted
+)
+"""Kinds run only when asked for (``--kinds``): ``failover`` needs a replicated pair,
+which every run then has (a standby rebuilt from the new primary after each)."""
+ALL_KINDS = KINDS + OPTIONAL_KINDS
 
 PROCESS_KINDS = frozenset({"kill", "close", "stop", "partition", "latency", "terminate"})
 """Kinds aimed at one contender (the others hit the database itself)."""
@@ -60,9 +67,9 @@ def schedule(
     holder_bias: float = 0.8,
 ) -> list[FaultSpec]:
     """The first ``count`` faults of the schedule for ``seed``."""
-    unknown = set(kinds) - set(KINDS)
+    unknown = set(kinds) - set(ALL_KINDS)
     if unknown or not kinds:
-        raise ValueError(f"unknown fault kinds {sorted(unknown)}; choose from {KINDS}")
+        raise ValueError(f"unknown fault kinds {sorted(unknown)}; choose from {ALL_KINDS}")
     rng = random.Random(seed)
     faults: list[FaultSpec] = []
     while len(faults) < count:

@@ -32,7 +32,7 @@ from typing import Any
 
 from leadership.testing import History, Kind, Overlap, judge
 
-from .faults import KINDS, PROCESS_KINDS, Fault
+from .faults import ALL_KINDS, KINDS, PROCESS_KINDS, Fault
 from .runner import Experiment
 
 __all__ = ["Outcome", "Summary", "Tenure", "aggregate", "summarise", "tenures"]
@@ -213,7 +213,7 @@ class Summary:
             f"  {'kind':10} {'n':>5} {'p50':>8} {'p99':>8} {'max':>8} {'recovery p99':>13} "
             f"{'max':>8}"
         )
-        for kind in KINDS:
+        for kind in ALL_KINDS:
             values = self.failover_ms.get(kind, [])
             recovery = self.recovery_ms.get(kind, []) or [0.0]
             if values:
@@ -284,9 +284,10 @@ def summarise(experiment: Experiment) -> Summary:
         _outcome(f, experiment.histories, all_tenures, int(s.interval * 1e9), experiment.start, n)
         for f, n in zip(experiment.faults, starts, strict=True)
     ]
-    counts = {kind: 0 for kind in KINDS}
-    failover: dict[str, list[float]] = {kind: [] for kind in KINDS}
-    recovery: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    used = [kind for kind in ALL_KINDS if kind in s.kinds or kind in KINDS]
+    counts = {kind: 0 for kind in used}
+    failover: dict[str, list[float]] = {kind: [] for kind in used}
+    recovery: dict[str, list[float]] = {kind: [] for kind in used}
     resume: dict[str, list[bool]] = {"stop": [], "partition": []}
     for outcome in outcomes:
         counts[outcome.kind] += 1

@@ -3,6 +3,12 @@
 :func:`run` starts everything, injects the seeded schedule for ``seconds``, stops every
 contender gracefully, and always tears down the contenders, proxies and cluster, on error
 too. It returns the witness histories and the injected faults for :mod:`.report`.
+
+With the ``failover`` kind the cluster is a replicated pair: a synchronous standby on a
+second port, each contender reaching each node through its own proxy (a partition cuts
+both) with ``target_session_attrs=read-write``. A failover crashes the primary
+(``stop -m immediate``), promotes the standby and builds a new standby from it on the
+crashed node's port; the other kinds hit whichever node is the primary.
 """
 
 from __future__ import annotations
@@ -100,11 +106,83 @@ class Experiment:
     notes: list[str] = field(default_factory=list)
 
 
+class ProxyGroup:
+    """One contender's proxies, one per node: faults apply to all of them."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.proxies = [TcpProxy(("127.0.0.1", port)) for port in ports]
+
+    @property
+    def ports(self) -> list[int]:
+        return [proxy.port for proxy in self.proxies]
+
+    def partition(self) -> None:
+        for proxy in self.proxies:
+            proxy.partition()
+
+    def heal(self) -> None:
+        for proxy in self.proxies:
+            proxy.heal()
+
+    def delay(self, seconds: float) -> None:
+        for proxy in self.proxies:
+            proxy.delay(seconds)
+
+    def close(self) -> None:
+        for proxy in self.proxies:
+            proxy.close()
+
+
+class Pair:
+    """A primary and its synchronous standby on two ports that stay the same across
+    failovers."""
+
+    def __init__(self, primary: Cluster) -> None:
+        self.primary = primary
+        self.builds = 0
+        self.standby = self._standby(None)
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.primary.port, self.standby.port]
+
+    def _standby(self, port: int | None) -> Cluster:
+        self.builds += 1
+        name = f"standby{self.builds}"
+        standby = self.primary.standby(name, port=port)
+        standby.settings["wal_retrieve_retry_interval"] = "100ms"  # back soon after a restart
+        standby.start()
+        self.primary.synchronous(name)
+        self.primary.wait_streaming(name, sync=True)
+        return standby
+
+    def fail_over(self) -> str:
+        """Crash the primary, promote the standby, build a new standby; say how long
+        each step took."""
+        started = time.monotonic()
+        crashed = self.primary
+        crashed.stop("immediate")
+        self.standby.promote()
+        promoted = time.monotonic()
+        self.primary = self.standby
+        self.primary.synchronous("")  # none to wait for until the new standby streams
+        crashed.remove()
+        self.standby = self._standby(crashed.port)
+        return (
+            f"promoted in {(promoted - started) * 1000:.0f} ms, new standby in "
+            f"{(time.monotonic() - promoted) * 1000:.0f} ms"
+        )
+
+    def remove(self) -> None:
+        self.standby.remove()
+        self.primary.remove()
+
+
 class Fleet:
-    """The contender processes, one per slot, each behind its own proxy."""
+    """The contender processes, one per slot, each behind its own proxies."""
 
     def __init__(
-        self, settings: Settings, cluster: Cluster, proxies: list[TcpProxy], logdir: Path
+        self, settings: Settings, cluster: Cluster, proxies: list[ProxyGroup], logdir: Path
     ) -> None:
         self.settings = settings
         self.cluster = cluster
@@ -125,7 +203,7 @@ class Fleet:
             "-m",
             "harness.chaos.contender",
             "--dsn",
-            self.cluster.dsn(self.proxies[slot].port, application_name=process),
+            self._dsn(slot, process),
             "--name",
             s.name,
             "--process",
@@ -156,6 +234,16 @@ class Fleet:
         self.live[slot] = contender
         self.all.append(contender)
         return contender
+
+    def _dsn(self, slot: int, process: str) -> str:
+        ports = self.proxies[slot].ports
+        if len(ports) == 1:
+            return self.cluster.dsn(ports[0], application_name=process)
+        hosts = ",".join(f"127.0.0.1:{port}" for port in ports)
+        return (
+            f"postgresql://{self.cluster.user}@{hosts}/postgres"
+            f"?target_session_attrs=read-write&application_name={process}"
+        )
 
     def raised_now(self) -> list[Contender]:
         """Contenders whose witness shows them raised right now."""
@@ -247,11 +335,19 @@ class Admin:
 class Injector:
     """Carries out fault specs against the fleet and the cluster."""
 
-    def __init__(self, settings: Settings, fleet: Fleet, cluster: Cluster, admin: Admin) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        fleet: Fleet,
+        cluster: Cluster,
+        admin: Admin,
+        pair: Pair | None = None,
+    ) -> None:
         self.settings = settings
         self.fleet = fleet
         self.cluster = cluster
         self.admin = admin
+        self.pair = pair
 
     def inject(self, spec: FaultSpec) -> Fault:
         raised = self.fleet.raised_now()
@@ -327,6 +423,13 @@ class Injector:
         fault.start = time.monotonic_ns()
         self.cluster.restart(str(spec.amount))
         fault.detail = f"{spec.amount}, {(time.monotonic_ns() - fault.start) / 1e6:.0f} ms"
+
+    def _failover(self, spec: FaultSpec, victim: Contender, fault: Fault) -> None:
+        assert self.pair is not None
+        self.admin.close()
+        fault.start = time.monotonic_ns()
+        fault.detail = self.pair.fail_over()
+        self.cluster = self.admin.cluster = self.fleet.cluster = self.pair.primary
 
     def _steal(self, spec: FaultSpec, victim: Contender, fault: Fault) -> None:
         fault.start = time.monotonic_ns()
@@ -430,10 +533,15 @@ def _run(settings: Settings, workdir: Path, say: Any) -> Experiment:
     )
     with _terminate_as_exit(), Cluster() as cluster, contextlib.ExitStack() as stack:
         admin = Admin(cluster)
-        upstream = ("127.0.0.1", cluster.port)
-        proxies = [stack.enter_context(TcpProxy(upstream)) for _ in range(settings.contenders)]
+        pair = Pair(cluster) if "failover" in settings.kinds else None
+        if pair is not None:
+            stack.callback(pair.remove)
+        ports = pair.ports if pair is not None else [cluster.port]
+        proxies = [ProxyGroup(ports) for _ in range(settings.contenders)]
+        for group in proxies:
+            stack.callback(group.close)
         fleet = Fleet(settings, cluster, proxies, logdir)
-        injector = Injector(settings, fleet, cluster, admin)
+        injector = Injector(settings, fleet, cluster, admin, pair)
         try:
             for slot in range(settings.contenders):
                 fleet.spawn(slot)
