@@ -132,7 +132,8 @@ class Cluster:
     ``pg_stat_statements``); ``user`` is the database superuser (and, under root, the OS
     user running the server). ``files`` (name in the data directory: source file) and
     ``hba`` (``pg_hba.conf`` lines, put first) are installed when the cluster is created:
-    see the module docstring.
+    see the module docstring. ``env`` adds to the server's environment (e.g. to preload
+    libfaketime and step its clock).
     """
 
     def __init__(
@@ -144,8 +145,10 @@ class Cluster:
         hba: Sequence[str] = (),
         port: int | None = None,
         name: str = "primary",
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.user = user
+        self.env = dict(env or {})
         self.port = port or free_port()
         self.name = name
         self.settings = {**SERVER_SETTINGS, **(settings or {})}
@@ -193,8 +196,10 @@ class Cluster:
             if self.hba:
                 hba = data / "pg_hba.conf"
                 hba.write_text("\n".join(self.hba) + "\n" + hba.read_text())
+        extra_env = [f"{key}={value}" for key, value in self.env.items()]
         command = [
             *self._as_user(pdeathsig=True),
+            *(["env", *extra_env] if extra_env else []),  # for the server alone
             str(bindir / "postgres"),
             *("-D", str(data), "-p", str(self.port), "-k", str(root)),
         ]
