@@ -168,6 +168,9 @@ FROM {table}
 """
 LOCK_ROW = "SELECT holder, version FROM {table} WHERE name = %s FOR SHARE"
 
+SERVER_TIMEOUT_FACTOR = 1.5
+"""The server's ``statement_timeout`` as a multiple of the flag's timeout (see below)."""
+
 INSUFFICIENT_PRIVILEGE = "42501"
 POOLED_STATEMENT_ERRORS = ("26000", "42P05")
 """SQLSTATEs of a prepared statement that does not exist, or already exists, on the
@@ -370,7 +373,10 @@ class PostgresStore(ConnectedStore):
         self._per_transaction = pooler == "transaction"
         self._timeout = timeout
         self._connect_timeout = max(timeout, connect_timeout or timeout)
-        self._timeout_ms = timeout_ms(timeout)
+        # The server's bound comes later than the client's: a statement the server
+        # cancels while its commit waits for a synchronous standby still reports
+        # success (with a warning), and the client must have given up on it by then.
+        self._timeout_ms = timeout_ms(timeout * SERVER_TIMEOUT_FACTOR)
         self._watchdog = Watchdog()
         self._budget: float | None = None  # a deadline shared by several statements
         self._wanted = QualifiedName.parse(table) if table is not None else None
