@@ -27,6 +27,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import leadership
+from harness.cluster import missing_tools
 from harness.sql import connect_autocommit, run_sql
 from leadership.backends import open_store
 
@@ -87,6 +88,20 @@ admin_connect = connect_autocommit
 """A pg8000 DB-API connection in autocommit mode (for test set-up only)."""
 execute = run_sql
 """Run one statement on a fresh connection; return its rows."""
+
+
+def require(reason: str | None, variable: str = "LEADERSHIP_REQUIRE_POSTGRES") -> None:
+    """Skip the calling test with ``reason`` (something it needs is missing), or fail it
+    when ``variable`` is set (as CI sets it): a skip there would hide a gap."""
+    if reason:
+        if os.environ.get(variable):
+            pytest.fail(f"{reason} ({variable} is set)")
+        pytest.skip(reason)
+
+
+def require_cluster_tools() -> None:
+    """The PostgreSQL server binaries for throwaway clusters (harness.cluster)."""
+    require(missing_tools())
 
 
 def _with_database(dsn: str, database: str) -> str:

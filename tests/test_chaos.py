@@ -5,26 +5,17 @@ Longer runs are a documented command: ``python -m harness.chaos --seconds 300 --
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from harness.chaos.faults import KINDS, schedule
 from harness.chaos.launch import launch
-from harness.cluster import missing_tools
+from tests.conftest import require_cluster_tools
 
 SEED = 10  # its first round aims every kill, close, stop and partition at the holder
 FAULTS = len(KINDS)  # one round: every kind once (about 18 s of faults)
 SECONDS = 32  # a bound only: the run ends after FAULTS faults
-
-
-def require_tools() -> None:
-    reason = missing_tools()
-    if reason:
-        if os.environ.get("LEADERSHIP_REQUIRE_POSTGRES"):
-            pytest.fail(reason + " (LEADERSHIP_REQUIRE_POSTGRES is set)")
-        pytest.skip(reason)
 
 
 def test_the_seed_aims_process_faults_at_the_holder() -> None:
@@ -37,7 +28,7 @@ def test_the_seed_aims_process_faults_at_the_holder() -> None:
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_short_chaos_run_has_no_overlap(tmp_path: Path) -> None:
-    require_tools()
+    require_cluster_tools()
     result = launch(
         ["--seconds", str(SECONDS), "--faults", str(FAULTS), "--seed", str(SEED)],
         tmp_path,

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from harness.chaos.launch import launch
-from harness.cluster import missing_tools
 from leadership.testing import (
     RECORD,
     History,
@@ -31,6 +30,7 @@ from leadership.testing import (
     overlaps,
     read_history,
 )
+from tests.conftest import require_cluster_tools
 
 MS = 1_000_000
 
@@ -198,11 +198,7 @@ def test_histories_are_read_with_their_process_names(tmp_path: Path) -> None:
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_unsafe_cached_flag_is_caught_by_a_chaos_run(tmp_path: Path) -> None:
-    reason = missing_tools()
-    if reason:
-        if os.environ.get("LEADERSHIP_REQUIRE_POSTGRES"):
-            pytest.fail(reason + " (LEADERSHIP_REQUIRE_POSTGRES is set)")
-        pytest.skip(reason)
+    require_cluster_tools()
     result = launch(
         ["--unsafe", "--kinds", "stop", "--holder-bias", "1", "--seconds", "9", "--seed", "7"],
         tmp_path,

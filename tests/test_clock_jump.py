@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 import leadership
-from harness.cluster import Cluster, missing_tools
+from harness.cluster import Cluster
+from tests.conftest import require, require_cluster_tools
 from tests.history import OverlapWatch, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -33,13 +34,11 @@ FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
 @pytest.fixture(scope="module")
 def stepped() -> Iterator[tuple[Cluster, Path]]:
     """A server whose wall clock follows the offset written in the yielded file."""
-    reason = missing_tools() or (None if os.path.exists(FAKETIME) else "libfaketime missing")
-    if reason:
-        if os.environ.get("LEADERSHIP_REQUIRE_POSTGRES") or os.environ.get(
-            "LEADERSHIP_REQUIRE_TOOLS"
-        ):
-            pytest.fail(reason + " (required in CI)")
-        pytest.skip(reason)
+    require_cluster_tools()
+    require(
+        None if os.path.exists(FAKETIME) else "libfaketime is not installed",
+        "LEADERSHIP_REQUIRE_TOOLS",
+    )
     directory = Path(tempfile.mkdtemp(prefix="leadership-faketime-"))
     directory.chmod(0o755)  # the server runs as postgres
     offset = directory / "offset"

@@ -4,7 +4,6 @@ streaming standby (read-only)."""
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,9 +11,10 @@ from collections.abc import Iterator
 import pytest
 
 import leadership
-from harness.cluster import Cluster, free_port, missing_tools
+from harness.cluster import Cluster, free_port
 from leadership.dsn import endpoint_of, pg8000_options, pg8000_targets
 from leadership.errors import ConfigurationError
+from tests.conftest import require_cluster_tools
 
 PARSED = [
     ("postgresql://u@a:5432,b:5433/db", ["a:5432", "b:5433"], "any"),
@@ -71,18 +71,10 @@ def test_one_connection_options_refuse_several_hosts() -> None:
     assert pg8000_options("postgresql://u@a,b/db", 1.0, index=1)["host"] == "b"
 
 
-def require_tools() -> None:
-    reason = missing_tools()
-    if reason:
-        if os.environ.get("LEADERSHIP_REQUIRE_POSTGRES"):
-            pytest.fail(reason + " (LEADERSHIP_REQUIRE_POSTGRES is set)")
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def pair() -> Iterator[tuple[Cluster, Cluster]]:
     """A primary and its streaming standby (read-only sessions, in recovery)."""
-    require_tools()
+    require_cluster_tools()
     with Cluster() as primary:
         standby = primary.standby("hosts_standby")
         try:

@@ -32,9 +32,10 @@ import pytest
 
 import leadership
 from harness.chaos.launch import launch
-from harness.cluster import Cluster, missing_tools
+from harness.cluster import Cluster
 from harness.proxy import TcpProxy
 from leadership.testing import overlapping_spans
+from tests.conftest import require_cluster_tools
 from tests.history import OverlapWatch
 
 INTERVAL = 1.0
@@ -43,14 +44,6 @@ CONTENDERS = 3
 FAILOVERS = int(os.environ.get("LEADERSHIP_FAILOVERS", "3"))
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-
-
-def require_tools() -> None:
-    reason = missing_tools()
-    if reason:
-        if os.environ.get("LEADERSHIP_REQUIRE_POSTGRES"):
-            pytest.fail(reason + " (LEADERSHIP_REQUIRE_POSTGRES is set)")
-        pytest.skip(reason)
 
 
 @dataclass
@@ -221,7 +214,7 @@ class Gaps:
 
 @pytest.fixture
 def synchronous() -> Iterator[Replicated]:
-    require_tools()
+    require_cluster_tools()
     pair = Replicated(synchronous=True)
     try:
         yield pair
@@ -231,7 +224,7 @@ def synchronous() -> Iterator[Replicated]:
 
 @pytest.fixture
 def asynchronous() -> Iterator[Replicated]:
-    require_tools()
+    require_cluster_tools()
     pair = Replicated(synchronous=False)
     try:
         yield pair
@@ -333,7 +326,7 @@ def test_async_replication_loses_renewals_and_overlaps(asynchronous: Replicated)
 def test_chaos_failovers_have_no_overlap(tmp_path: Path) -> None:
     """The chaos harness's ``failover`` kind: a replicated pair, contenders behind
     proxies to both nodes, the primary crashed and its standby promoted twice."""
-    require_tools()
+    require_cluster_tools()
     result = launch(
         ["--seconds", "20", "--faults", "2", "--kinds", "failover", "--seed", "3"],
         tmp_path,

@@ -10,7 +10,6 @@ that a waiting process takes over at once instead of at expiry.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,8 +17,9 @@ from collections.abc import Iterator
 import pytest
 
 import leadership
-from harness.cluster import Cluster, missing_tools
+from harness.cluster import Cluster
 from harness.proxy import TcpProxy
+from tests.conftest import require_cluster_tools
 from tests.history import OverlapWatch, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -58,11 +58,7 @@ class Stallable:
 
 @pytest.fixture(scope="module")
 def stallable() -> Iterator[Stallable]:
-    reason = missing_tools()
-    if reason:
-        if os.environ.get("LEADERSHIP_REQUIRE_POSTGRES"):
-            pytest.fail(reason + " (LEADERSHIP_REQUIRE_POSTGRES is set)")
-        pytest.skip(reason)
+    require_cluster_tools()
     made = Stallable()
     try:
         yield made
@@ -77,53 +73,59 @@ def _flag(dsn: str, name: str, process: str) -> leadership.Flag:
     )  # fmt: skip
 
 
-def test_a_stalled_commit_is_recognised_and_nobody_is_blamed(
-    stallable: Stallable, caplog: pytest.LogCaptureFixture
-) -> None:
+@pytest.fixture
+def pair(stallable: Stallable) -> Iterator[tuple[leadership.Flag, leadership.Flag]]:
+    """A raised holder and a waiter for a new flag; both closed, the stream resumed, after."""
     name = f"stall-{uuid.uuid4().hex[:8]}"
     holder = _flag(stallable.dsn(), name, "holder")
     assert holder.wait_raised(timeout=3.0)
     waiter = _flag(stallable.dsn(), name, "waiter")
     try:
-        with OverlapWatch([holder, waiter]) as watch, caplog.at_level(logging.INFO):
-            stallable.stall()
-            gave_up = wait_for(lambda: "check failed" in caplog.text, 2 * INTERVAL)
-            assert gave_up is not None, "no renewal stalled"
-            time.sleep(0.5)
-            stallable.resume()  # the stalled renewal commits now
-            assert wait_for(holder.raised, 2 * INTERVAL) is not None, caplog.text
-        watch.assert_no_overlap()
-        assert "process names must be unique" not in caplog.text
-        assert not waiter.raised()
+        yield holder, waiter
     finally:
         stallable.resume()
         waiter.close()
         holder.close()
+
+
+def _stall_a_renewal(stallable: Stallable, caplog: pytest.LogCaptureFixture) -> None:
+    """Hold the replication stream until a renewal's commit waits past the timeout."""
+    stallable.stall()
+    gave_up = wait_for(lambda: "check failed" in caplog.text, 2 * INTERVAL)
+    assert gave_up is not None, "no renewal stalled"
+
+
+def test_a_stalled_commit_is_recognised_and_nobody_is_blamed(
+    stallable: Stallable,
+    pair: tuple[leadership.Flag, leadership.Flag],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    holder, waiter = pair
+    with OverlapWatch([holder, waiter]) as watch, caplog.at_level(logging.INFO):
+        _stall_a_renewal(stallable, caplog)
+        time.sleep(0.5)
+        stallable.resume()  # the stalled renewal commits now
+        assert wait_for(holder.raised, 2 * INTERVAL) is not None, caplog.text
+    watch.assert_no_overlap()
+    assert "process names must be unique" not in caplog.text
+    assert not waiter.raised()
 
 
 def test_close_right_after_a_stalled_commit_releases_what_it_wrote(
-    stallable: Stallable, caplog: pytest.LogCaptureFixture
+    stallable: Stallable,
+    pair: tuple[leadership.Flag, leadership.Flag],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    name = f"stall-{uuid.uuid4().hex[:8]}"
-    holder = _flag(stallable.dsn(), name, "holder")
-    assert holder.wait_raised(timeout=3.0)
-    waiter = _flag(stallable.dsn(), name, "waiter")
-    try:
-        with caplog.at_level(logging.INFO):
-            stallable.stall()
-            gave_up = wait_for(lambda: "check failed" in caplog.text, 2 * INTERVAL)
-            assert gave_up is not None, "no renewal stalled"
-            stallable.resume()  # the stalled renewal commits, unheard by the holder
-            time.sleep(0.2)
-            closed = time.monotonic()
-            holder.close()
-            took = wait_for(waiter.raised, INTERVAL)
-        assert took is not None, f"the waiter never took over; log:\n{caplog.text}"
-        handover = time.monotonic() - closed
-        # Released, the waiter is woken at once; unreleased, it would wait for the row
-        # to expire, about 1.5 s later here.
-        assert handover < 0.5, f"handover took {handover:.2f} s: at expiry, not at release"
-    finally:
-        stallable.resume()
-        waiter.close()
+    holder, waiter = pair
+    with caplog.at_level(logging.INFO):
+        _stall_a_renewal(stallable, caplog)
+        stallable.resume()  # the stalled renewal commits, unheard by the holder
+        time.sleep(0.2)
+        closed = time.monotonic()
         holder.close()
+        took = wait_for(waiter.raised, INTERVAL)
+    assert took is not None, f"the waiter never took over; log:\n{caplog.text}"
+    handover = time.monotonic() - closed
+    # Released, the waiter is woken at once; unreleased, it would wait for the row to
+    # expire, about 1.5 s later here.
+    assert handover < 0.5, f"handover took {handover:.2f} s: at expiry, not at release"

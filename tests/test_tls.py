@@ -11,7 +11,6 @@ skip with the reason, unless ``LEADERSHIP_REQUIRE_POSTGRES`` is set: then they f
 from __future__ import annotations
 
 import logging
-import os
 import ssl
 import time
 import uuid
@@ -30,6 +29,7 @@ from harness.sql import run_sql
 from harness.tls import Authority, Issued, missing_openssl, served_certificate
 from leadership.backends import open_store
 from leadership.store import TABLE
+from tests.conftest import require
 
 PASSWORD = "Pw-" + uuid.uuid4().hex  # pwuser's password: must never be shown
 PASSPHRASE = "Pp-" + uuid.uuid4().hex  # the encrypted client key's passphrase
@@ -47,13 +47,6 @@ HBA = [  # first match wins: these roles get in only over TLS, with their creden
     "hostssl all pwuser 127.0.0.1/32 scram-sha-256",
     "host all pwuser all reject",
 ]
-
-
-def require(reason: str | None) -> None:
-    if reason:
-        if os.environ.get("LEADERSHIP_REQUIRE_POSTGRES"):
-            pytest.fail(reason + " (LEADERSHIP_REQUIRE_POSTGRES is set)")
-        pytest.skip(reason)
 
 
 @dataclass(frozen=True)
