@@ -108,7 +108,12 @@ class Campaign:
             return self._tenure.versions()
 
     def start(self) -> None:
-        self._store.watch(self._name, self._timing.interval)
+        """Watch the flag's row and start the loop (a failed watch is retried by the
+        store with its next connection)."""
+        try:
+            self._store.watch(self._name, self._timing.interval)
+        except Exception as error:
+            self._logger.warning("flag %r: watch failed: %s", self._name, describe_error(error))
         self._thread.start()
 
     def stop(self, wait: float) -> None:
