@@ -62,10 +62,11 @@ class FlagBuilder:
         return self
 
     def table(self, table: str) -> FlagBuilder:
-        """The flags table, ``schema.name`` or ``name`` (resolved through the search path).
+        """The flags table, ``schema.name``, or ``name``: the one table of that name in the
+        database, whatever its schema (default ``leadership_flags``).
 
-        By default the one table named ``leadership_flags`` in the database, whatever its
-        schema (created in the current schema when there is none); ``build()`` fails
+        A name alone is looked up in the whole database, not through the role's search
+        path, and created in the current schema when there is none; ``build()`` fails
         when there are several, rather than let processes use different ones.
         """
         self._table = table

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from .clock import jittered, now_ns
 from .metrics import FlagMetrics
-from .store import HoldLost, Observation, Store, describe_error
+from .store import HoldLost, Observation, OutcomeUnknown, Store, describe_error
 from .tenure import Tenure
 from .timing import SAFETY_MARGIN, Timing
 
@@ -236,9 +236,13 @@ class Campaign:
             )
             self._report(str(error))
             return FIRST_RETRY
-        except Exception as error:
+        except OutcomeUnknown as error:
             with self._lock:
                 self._tenure.unanswered()
+            return self._delay_after_failure(error)
+        except Exception as error:
+            with self._lock:
+                self._tenure.refused()
             return self._delay_after_failure(error)
         received = self._clock()
         self._failures = 0

@@ -29,6 +29,7 @@ from .store import (
     DBAPIConnection,
     Mine,
     Observation,
+    OutcomeUnknown,
     QualifiedName,
     StoredRow,
     Written,
@@ -350,10 +351,10 @@ class PostgresStore(ConnectedStore):
     """The flags table on PostgreSQL (pg8000, psycopg or any ``%s``-style DB-API driver).
 
     ``connect`` opens a new connection (a pg8000 native connection or a DB-API one);
-    ``timeout`` bounds each statement on the server (``statement_timeout``). ``table``
-    names the table (``schema.name`` or ``name``, resolved through the search path);
-    without it, the one table named ``leadership_flags`` in the database is used, whatever
-    the schema, and it is an error when there are several.
+    ``timeout`` bounds each statement (the server's ``statement_timeout`` is 1.5 times
+    it). ``table`` names the table: ``schema.name``, or ``name`` for the one table of that
+    name in the database whatever its schema (default ``leadership_flags``); it is an
+    error when there are several.
     """
 
     def __init__(
@@ -488,19 +489,22 @@ class PostgresStore(ConnectedStore):
         failure that broke the connection. A Statement takes its parameters by name."""
         statement = sql if isinstance(sql, Statement) else Statement.of(sql)
         values = statement.bind(params) if isinstance(params, Mapping) else tuple(params)
+        conn = self._connection()  # bounded on its own: the statement's bound starts now
         deadline = self._budget or time.monotonic() + self._timeout
-        conn = self._connection()
         try:
             with self._watchdog.bound(deadline, lambda: cut_connection(conn)):
                 rows = self._execute(conn, statement.sql, values)
-        except BaseException as error:
+        except Exception as error:
             if self._watchdog.fired:
                 self._reset()
-                raise OperationTimeout(
+                raise OutcomeUnknown(
                     f"no complete reply within {self._timeout:g} s: the connection was cut"
                 ) from error
-            if not _connection_survives(error):
-                self._reset()
+            if _connection_survives(error):
+                raise  # the server answered with an error: nothing was written
+            self._reset()
+            if _sqlstate(error) is None:  # sent, then the connection failed: unknown
+                raise OutcomeUnknown(describe_error(error)) from error
             raise
         notifications = getattr(self._conn, "notifications", None)
         if notifications is not None:  # pg8000 keeps them; waking was their only use
@@ -535,19 +539,18 @@ class PostgresStore(ConnectedStore):
         return self._sql
 
     def _locate(self, create: bool) -> QualifiedName | None:
-        wanted = self._wanted
-        if wanted is None:
-            found = self._tables_named(TABLE)
+        """The table to use: ``schema.name`` as given; else the one table of that name in
+        the database, whatever the schema (a name alone is not resolved through the
+        role's search path: two roles would find two tables)."""
+        wanted = self._wanted or QualifiedName(None, TABLE)
+        if wanted.schema is None:
+            found = self._tables_named(wanted.name)
             if not found and create:
-                self._create(QualifiedName(None, TABLE))
-                found = self._tables_named(TABLE)  # two processes may have raced
-            return found[0] if found else None
-        if wanted.schema is None:  # a name alone: resolved through the search path
-            schema = self._query(SCHEMA_OF, {"table": wanted.quoted()})
-            if not schema and create:
                 self._create(wanted)
-                schema = self._query(SCHEMA_OF, {"table": wanted.quoted()})
-            return QualifiedName(str(schema[0][0]), wanted.name) if schema else None
+                found = self._tables_named(wanted.name)  # two processes may have raced
+            if not found and create:
+                raise SchemaError(f"{wanted.name} exists in this database but is not a table")
+            return found[0] if found else None
         exists = self._query(SCHEMA_OF, {"table": wanted.quoted()})
         if not exists and create:
             self._create(wanted)
@@ -669,6 +672,7 @@ class PostgresStore(ConnectedStore):
     def _recreate(self, error: BaseException) -> None:
         """The table was dropped under a running flag: create it again, or say why not."""
         dropped, self._sql = self.table, None
+        self._wanted = QualifiedName.parse(dropped)  # where it was, not the current schema
         try:
             self.prepare()
         except Exception as failure:

@@ -28,6 +28,7 @@ __all__ = [
     "HoldLost",
     "Mine",
     "Observation",
+    "OutcomeUnknown",
     "QualifiedName",
     "Store",
     "StoredRow",
@@ -73,6 +74,12 @@ class HoldLost(Exception):
     """Raised by a store that knows whatever this instance held through it is gone (its
     SQLite file was removed or replaced): the flag lowers at once instead of waiting for
     its deadline. The message names the cause."""
+
+
+class OutcomeUnknown(Exception):
+    """A statement was sent and no reply came (a lost reply, a cut connection): it may
+    have taken effect. Failures known not to have written (no connection, an error the
+    server reported) are raised as themselves."""
 
 
 @dataclass(frozen=True)

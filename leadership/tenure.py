@@ -49,10 +49,15 @@ class Tenure:
         return None if self.last is None else Mine(self.last, self.pending)
 
     def unanswered(self) -> None:
-        """The attempt failed without an answer: whether it landed stays unknown."""
+        """The attempt was sent and never answered: it may have written a version."""
         self.in_flight = False
         if self.last is not None:
             self.pending += 1
+
+    def refused(self) -> None:
+        """The attempt failed without writing (no connection, an error the server
+        reported)."""
+        self.in_flight = False
 
     def confirm(self, written: Written, new_term: bool) -> None:
         """The store wrote ``written`` for this instance; ``new_term`` starts a term at it

@@ -11,7 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from leadership.store import DBAPIConnection, Mine, Observation, StoredRow, Written
+from leadership.store import (
+    DBAPIConnection,
+    Mine,
+    Observation,
+    OutcomeUnknown,
+    StoredRow,
+    Written,
+)
 
 
 class FakeTime:
@@ -63,8 +70,8 @@ class FakeStore:
     """The flags table in memory, with faults on demand.
 
     ``fail_next`` calls raise StoreFailure without writing; ``lose_next`` calls write
-    and then raise (a lost reply); ``during_call`` runs inside the next acquire-or-renew,
-    before it decides (to stop or resign a campaign mid-call).
+    and then raise OutcomeUnknown (a lost reply); ``during_call`` runs inside the next
+    acquire-or-renew, before it decides (to stop or resign a campaign mid-call).
     """
 
     time: FakeTime
@@ -103,7 +110,7 @@ class FakeStore:
         seen = self._decide(name, process, mine, interval)
         if self.lose_next and seen.acquired:
             self.lose_next -= 1
-            raise StoreFailure("the reply was lost")
+            raise OutcomeUnknown("the reply was lost")
         return seen
 
     def _decide(self, name: str, process: str, mine: Mine | None, interval: float) -> Observation:

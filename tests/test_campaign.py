@@ -170,6 +170,24 @@ def test_a_duplicate_name_is_not_taken_for_a_late_commit_after_an_admin_release(
     assert any("process names must be unique" in text for text in rig.log.errors())
 
 
+def test_failures_that_wrote_nothing_do_not_widen_what_counts_as_ours(
+    make_rig: Callable[..., Rig],
+) -> None:
+    """Connection failures and errors the server reported cannot have written: after
+    two of them, an administrator's release and a duplicate "me" taking the row, the
+    row is still not ours."""
+    rig = make_rig()
+    rig.step()
+    rig.store.fail_next = 2  # no connection: nothing sent
+    rig.after(5.0)
+    rig.after(FIRST_RETRY)
+    assert rig.store.expire(NAME)  # version 1
+    rig.store.rows[NAME] = FakeRow("me", 2, rig.time.now)  # the other "me" took it
+    rig.after(TIMING.retry_every)
+    assert not rig.lease.raised()
+    assert rig.store.rows[NAME].version == 2, "the other instance's row was overwritten"
+
+
 def test_a_lost_takeover_after_someone_elses_tenure_starts_a_new_term(
     make_rig: Callable[..., Rig],
 ) -> None:

@@ -103,6 +103,46 @@ def test_a_named_table_is_used_and_shown_qualified(
     assert listing.table == "jobs.leadership_flags"
 
 
+def test_a_table_named_without_its_schema_is_looked_up_in_the_whole_database(
+    private_schemas: tuple[Database, list[str]], make_flag: MakeFlag
+) -> None:
+    """``.table("leadership_flags")`` (or LEADERSHIP_TABLE=leadership_flags) must not
+    resolve through each role's search path: two roles would use two tables."""
+    database, (role_a, _) = private_schemas
+    execute(database.dsn, f"CREATE TABLE {role_a}.leadership_flags (name text PRIMARY KEY)")
+    execute(database.dsn, "CREATE TABLE public.leadership_flags (name text PRIMARY KEY)")
+    with pytest.raises(leadership.SchemaError, match="several tables"):
+        make_flag(database.as_role(role_a), "a", table="leadership_flags")
+
+
+def test_a_dropped_table_is_created_again_where_it_was(
+    private_schemas: tuple[Database, list[str]], make_flag: MakeFlag
+) -> None:
+    database, (role_a, _) = private_schemas
+    execute(
+        database.dsn,
+        "CREATE TABLE public.leadership_flags (name text PRIMARY KEY, holder text NOT NULL, "
+        "version bigint NOT NULL, timestamp timestamptz NOT NULL, "
+        "lease_seconds double precision, lease_version bigint)",
+    )
+    execute(database.dsn, f"GRANT SELECT, INSERT, UPDATE ON public.leadership_flags TO {role_a}")
+    flag = make_flag(database.as_role(role_a), "a")  # uses public.leadership_flags
+    assert flag.wait_raised(timeout=2.0)
+    execute(database.dsn, "DROP TABLE public.leadership_flags")
+    time.sleep(1.0)  # renewals try to create it again: in public, which the role may not
+    assert run(database.dsn, f"SELECT to_regclass('{role_a}.leadership_flags')") == [[None]]
+    assert wait_for(lambda: not flag.raised(), 1.0) is not None
+
+
+def test_a_view_of_that_name_is_named_in_the_error(
+    private_schemas: tuple[Database, list[str]], make_flag: MakeFlag
+) -> None:
+    database, _ = private_schemas
+    execute(database.dsn, "CREATE VIEW public.leadership_flags AS SELECT 1 AS name")
+    with pytest.raises(leadership.SchemaError, match="not a table"):
+        make_flag(database.dsn, "p")
+
+
 def test_a_bad_table_name_is_refused() -> None:
     with pytest.raises(leadership.ConfigurationError, match="table"):
         leadership.new_flag().handle("sqlite:///x.db").name("n").table("a.b.c").build()
