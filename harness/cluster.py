@@ -46,6 +46,7 @@ from typing import Any
 import pg8000.dbapi
 import pg8000.native
 
+from harness.users import as_user, cannot_run_as
 from leadership.deadman import die_with_parent
 
 __all__ = ["Cluster", "ClusterError", "free_port", "missing_tools", "server_bindir"]
@@ -111,14 +112,7 @@ def missing_tools(user: str = "postgres") -> str | None:
         server_bindir()
     except ClusterError as error:
         return str(error)
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            return f"running as root needs setpriv (util-linux) to run PostgreSQL as {user}"
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            return f"running as root needs a {user!r} user to run PostgreSQL"
-    return None
+    return cannot_run_as(user, "PostgreSQL")
 
 
 class Cluster:
@@ -398,12 +392,7 @@ class Cluster:
 
     def _as_user(self, pdeathsig: bool = False) -> list[str]:
         """The command prefix that runs a program as ``user`` when this process is root."""
-        if not self._as_root:
-            return []
-        command = ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups"]
-        if pdeathsig:  # set after the user change, which would clear it
-            command.append("--pdeathsig=KILL")
-        return [*command, "--"]
+        return as_user(self.user, pdeathsig)
 
     def _initdb(self, bindir: Path, root: Path) -> None:
         command = [

@@ -29,6 +29,7 @@ from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
 from harness.cluster import free_port
+from harness.users import as_user, cannot_run_as
 from leadership.deadman import die_with_parent
 
 __all__ = ["MODES", "PgBouncer", "PgBouncerError", "missing_pgbouncer", "pgbouncer_binary"]
@@ -53,14 +54,7 @@ def missing_pgbouncer(user: str = "postgres") -> str | None:
     """Why a :class:`PgBouncer` cannot run on this machine, or None when it can."""
     if pgbouncer_binary() is None:
         return "pgbouncer not found (Debian: apt-get install pgbouncer)"
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            return f"running as root needs setpriv (util-linux) to run pgbouncer as {user}"
-        try:
-            pwd.getpwnam(user)
-        except KeyError:
-            return f"running as root needs a {user!r} user to run pgbouncer"
-    return None
+    return cannot_run_as(user, "pgbouncer")
 
 
 class PgBouncer:
@@ -215,12 +209,7 @@ class PgBouncer:
     def _as_user(self) -> list[str]:
         """The command prefix that runs pgbouncer as ``user`` (with a parent-death signal,
         set after the user change, which would clear it) when this process is root."""
-        if not self._as_root:
-            return []
-        return [
-            *("setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups"),
-            *("--pdeathsig=KILL", "--"),
-        ]
+        return as_user(self.user, pdeathsig=True)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
