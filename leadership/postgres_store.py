@@ -14,6 +14,7 @@ import itertools
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +54,11 @@ EXPECTED = {
     "version": ("bigint",),
     "timestamp": ("timestamp with time zone",),
 }
-LEASE_COLUMNS = {"lease_seconds": ("double precision",), "lease_version": ("bigint",)}
+LEASE_COLUMNS = {
+    "lease_seconds": ("double precision",),
+    "lease_version": ("bigint",),
+    "lease_owner": ("text",),
+}
 """Added when missing: the holder's lease, trusted while ``lease_version = version`` (a
 write that does not know these columns, the Go package's, leaves them behind)."""
 
@@ -67,13 +72,15 @@ CREATE TABLE IF NOT EXISTS {table} (
     version bigint NOT NULL,
     timestamp timestamp with time zone NOT NULL,
     lease_seconds double precision,
-    lease_version bigint
+    lease_version bigint,
+    lease_owner text
 )
 """
 ADD_LEASE = """
 ALTER TABLE {table}
     ADD COLUMN IF NOT EXISTS lease_seconds double precision,
-    ADD COLUMN IF NOT EXISTS lease_version bigint
+    ADD COLUMN IF NOT EXISTS lease_version bigint,
+    ADD COLUMN IF NOT EXISTS lease_owner text
 """
 TABLES_NAMED = """
 SELECT n.nspname FROM pg_catalog.pg_class AS c
@@ -109,6 +116,7 @@ CREATED_VERSION = "(EXTRACT(EPOCH FROM pg_catalog.now()) * 1000000)::bigint"
 OURS = """({row}.version = %(last_version)s::bigint OR (
         {row}.version > %(last_version)s::bigint
         AND {row}.version <= %(last_version)s::bigint + %(pending)s::bigint
+        AND {owned}
         AND {row}.timestamp > pg_catalog.to_timestamp(%(last_at)s::float8)
         AND {row}.timestamp <= pg_catalog.to_timestamp(%(last_at)s::float8)
                               + pg_catalog.make_interval(secs => %(interval)s::float8)))"""
@@ -123,7 +131,7 @@ LEASE_OF = {
 
 CHECK = """
 WITH previous AS (
-    SELECT holder, version, timestamp, {previous_lease} AS lease
+    SELECT holder, version, timestamp, {previous_lease} AS lease, {previous_owner} AS owner
     FROM {table} WHERE name = %(name)s FOR UPDATE
 ), written AS (
     INSERT INTO {table} AS f (name, holder, version, timestamp{lease_columns})
@@ -138,7 +146,8 @@ WITH previous AS (
 )
 SELECT w.version, w.stamp, p.holder, p.version, EXTRACT(EPOCH FROM p.timestamp)::float8,
        EXTRACT(EPOCH FROM p.timestamp + pg_catalog.make_interval(secs => p.lease)
-                          - pg_catalog.now())::float8
+                          - pg_catalog.now())::float8,
+       p.owner
 FROM (SELECT 1) AS one
 LEFT JOIN written AS w ON true
 LEFT JOIN previous AS p ON true
@@ -230,24 +239,29 @@ class Statements:
             return Statement.of(template.format(table=quoted, **parts))
 
         lease_of = LEASE_OF[leased]
+        ours = OURS.format(row="f", owned="f.lease_owner = %(owner)s" if leased else "true")
         return cls(
             table=str(table),
             leased=leased,
             check=of(
                 CHECK,
                 previous_lease=lease_of.format(row=quoted),
-                lease_columns=", lease_seconds, lease_version" if leased else "",
+                previous_owner="lease_owner" if leased else "NULL::text",
+                lease_columns=", lease_seconds, lease_version, lease_owner" if leased else "",
                 created=CREATED_VERSION,
-                created_lease=f", %(interval)s::float8, {CREATED_VERSION}" if leased else "",
+                created_lease=(
+                    f", %(interval)s::float8, {CREATED_VERSION}, %(owner)s" if leased else ""
+                ),
                 renewed_lease=(
-                    ", lease_seconds = excluded.lease_seconds, lease_version = f.version + 1"
+                    ", lease_seconds = excluded.lease_seconds, lease_version = f.version + 1, "
+                    "lease_owner = excluded.lease_owner"
                     if leased
                     else ""
                 ),
-                ours=OURS.format(row="f"),
+                ours=ours,
                 current_lease=lease_of.format(row="f"),
             ),
-            release=of(RELEASE, ours=OURS.format(row="f")),
+            release=of(RELEASE, ours=ours),
             expire=of(EXPIRE),
             rows=of(
                 ROWS,
@@ -382,6 +396,8 @@ class PostgresStore(ConnectedStore):
         self._budget: float | None = None  # a deadline shared by several statements
         self._wanted = QualifiedName.parse(table) if table is not None else None
         self._sql: Statements | None = None
+        self.instance = uuid.uuid4().hex
+        """This store's identity, recorded in the rows it writes (``lease_owner``)."""
         self.notes: list[str] = []
         self._channels: dict[str, str] = {}  # watched flag name -> its channel
         self._last_socket_wake = 0.0
@@ -640,6 +656,7 @@ class PostgresStore(ConnectedStore):
             "last_version": mine.last.version if mine is not None else -1,
             "last_at": mine.last.at if mine is not None else 0.0,
             "pending": mine.pending if mine is not None else 0,
+            "owner": self.instance,
             "interval": interval,
         }
         try:
@@ -649,11 +666,12 @@ class PostgresStore(ConnectedStore):
                 raise
             self._recreate(error)
             rows = self._query(self._statements().check, values)
-        written, written_at, holder, seen, seen_at, expires_in = rows[0]
+        written, written_at, holder, seen, seen_at, expires_in, owner = rows[0]
         if written is not None:
+            owned = owner == self.instance or not self._statements().leased
             continued = (
                 seen is not None
-                and is_ours(holder, int(seen), float(seen_at), process, mine, interval)
+                and is_ours(holder, int(seen), float(seen_at), process, mine, interval, owned)
                 and continues(int(seen), mine)
             )
             return Observation(Written(int(written), float(written_at), continued))
@@ -688,6 +706,7 @@ class PostgresStore(ConnectedStore):
             "last_version": mine.last.version,
             "last_at": mine.last.at,
             "pending": mine.pending,
+            "owner": self.instance,
             "interval": interval,
             "channel": channel_for(name),
         }

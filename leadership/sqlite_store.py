@@ -21,6 +21,7 @@ import math
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -58,7 +59,8 @@ CREATE TABLE IF NOT EXISTS {table} (
     version INTEGER NOT NULL,
     timestamp REAL NOT NULL,
     domain TEXT,
-    lease REAL
+    lease REAL,
+    owner TEXT
 )
 """
 COLUMNS = "PRAGMA table_info({table})"
@@ -69,14 +71,17 @@ EXPECTED = {
     "timestamp": ("REAL",),
     "domain": ("TEXT",),
     "lease": ("REAL",),
+    "owner": ("TEXT",),
 }
-"""``domain`` and ``lease`` are added to a table made by version 0.1 (see ``prepare``)."""
+"""``domain``, ``lease`` and ``owner`` (the writing store's identity) are added to a table
+made by version 0.1 (see ``prepare``)."""
 EXISTS = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
 ROWS = "SELECT name, holder, version, timestamp, domain, lease FROM {table}"
-READ = "SELECT holder, version, timestamp, domain, lease FROM {table} WHERE name = ?"
-INSERT = """INSERT INTO {table} (name, holder, version, timestamp, domain, lease)
-VALUES (?, ?, ?, ?, ?, ?)"""
-WRITE = """UPDATE {table} SET holder = ?, version = ?, timestamp = ?, domain = ?, lease = ?
+READ = "SELECT holder, version, timestamp, domain, lease, owner FROM {table} WHERE name = ?"
+INSERT = """INSERT INTO {table} (name, holder, version, timestamp, domain, lease, owner)
+VALUES (?, ?, ?, ?, ?, ?, ?)"""
+WRITE = """UPDATE {table}
+SET holder = ?, version = ?, timestamp = ?, domain = ?, lease = ?, owner = ?
 WHERE name = ?"""
 RELEASE = "UPDATE {table} SET timestamp = ? WHERE name = ? AND version = ?"
 EXPIRE = "UPDATE {table} SET timestamp = ?, version = version + 1 WHERE name = ?"
@@ -152,6 +157,8 @@ class SqliteStore(ConnectedStore):
         path: str | None = None,
     ) -> None:
         self._table = QualifiedName.parse(table or TABLE)
+        self.instance = uuid.uuid4().hex
+        """This store's identity, recorded in the rows it writes (``owner``)."""
         self.notes: list[str] = []
         self._timeout_ms = timeout_ms(timeout)
         self._thread_bound = thread_bound
@@ -236,7 +243,7 @@ class SqliteStore(ConnectedStore):
         def create(conn: Any) -> dict[str, str]:
             conn.execute(self._sql(CREATE))
             columns = {row[1]: str(row[2]).upper() for row in conn.execute(self._sql(COLUMNS))}
-            for added in ("domain", "lease"):  # missing from a table made by version 0.1
+            for added in ("domain", "lease", "owner"):  # missing from a table of version 0.1
                 if added not in columns:
                     kind = EXPECTED[added][0]
                     conn.execute(self._sql(f"ALTER TABLE {{table}} ADD COLUMN {added} {kind}"))
@@ -272,16 +279,17 @@ class SqliteStore(ConnectedStore):
             row = conn.execute(self._sql(READ), (name,)).fetchone()
             if row is None:  # created at the wall clock in microseconds: see Store
                 created = time.time_ns() // 1000
-                stamped = (name, process, created, now, clock.domain, interval)
+                stamped = (name, process, created, now, clock.domain, interval, self.instance)
                 conn.execute(self._sql(INSERT), stamped)
                 return Observation(Written(created, now))
-            holder, version, at, domain, lease = row
+            holder, version, at, domain, lease, owner = row
             if domain != clock.domain:  # stamped in another boot or clock domain: expired
                 at = -math.inf
             lease = interval if lease is None else lease  # the holder's, when recorded
-            ours = is_ours(holder, version, at, process, mine, interval)
+            owned = owner == self.instance
+            ours = is_ours(holder, version, at, process, mine, interval, owned)
             if ours or now - at > lease:
-                renewed = (process, version + 1, now, clock.domain, interval, name)
+                renewed = (process, version + 1, now, clock.domain, interval, self.instance, name)
                 conn.execute(self._sql(WRITE), renewed)
                 continued = ours and continues(version, mine)
                 return Observation(Written(version + 1, now, continued))
@@ -307,7 +315,7 @@ class SqliteStore(ConnectedStore):
             if row is None or row[3] != domain:
                 return False
             holder, version, at = row[:3]
-            if not is_ours(holder, version, at, process, mine, interval):
+            if not is_ours(holder, version, at, process, mine, interval, row[5] == self.instance):
                 return False
             return bool(conn.execute(self._sql(RELEASE), (RELEASED, name, version)).rowcount)
 
@@ -366,7 +374,7 @@ class SqliteStore(ConnectedStore):
             cursor.close()
         if row is None:
             return None
-        holder, version, _, domain, _ = row
+        holder, version, _, domain, _, _ = row
         if domain != self._clock.domain:
             return None  # stamped in another boot: nobody holds it
         return str(holder), int(version)

@@ -105,24 +105,32 @@ class Mine:
 
 
 def is_ours(
-    holder: str, version: int, at: float, process: str, mine: Mine | None, interval: float
+    holder: str,
+    version: int,
+    at: float,
+    process: str,
+    mine: Mine | None,
+    interval: float,
+    owned: bool = True,
 ) -> bool:
     """Whether a row (``holder``, ``version``, stamped ``at``) is this instance's own: it
     carries ``process`` and either ``mine.last.version``, or one of the ``mine.pending``
     versions after it, stamped after ``mine.last.at`` but within ``interval`` of it.
 
     Another writer cannot have made such a row: with this process name it would need the
-    row expired (at least ``interval`` after our write) or released by an administrator
-    (which also bumps the version, so the versions we count on can only be ours when we
-    count no more than our own unanswered attempts).
+    row expired (at least ``interval`` after our write) or released by an administrator.
+    For that last case the store records an identity of its own in the row where it can;
+    ``owned`` says whether the row carries it (True where the backend cannot tell).
     """
     if mine is None or holder != process:
         return False
     last = mine.last
     if version == last.version:
         return True
-    return last.version < version <= last.version + mine.pending and (
-        last.at < at <= last.at + interval
+    return (
+        owned
+        and last.version < version <= last.version + mine.pending
+        and (last.at < at <= last.at + interval)
     )
 
 

@@ -303,6 +303,7 @@ def test_table_in_a_fresh_schema_is_created_with_the_documented_columns(
         ("timestamp", "timestamp with time zone", "NO"),
         ("lease_seconds", "double precision", "YES"),  # the holder's lease (Go ignores it)
         ("lease_version", "bigint", "YES"),
+        ("lease_owner", "text", "YES"),  # the writing instance (duplicate names apart)
     ]
 
 

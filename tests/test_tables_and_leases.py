@@ -123,7 +123,7 @@ def test_a_dropped_table_is_created_again_where_it_was(
         database.dsn,
         "CREATE TABLE public.leadership_flags (name text PRIMARY KEY, holder text NOT NULL, "
         "version bigint NOT NULL, timestamp timestamptz NOT NULL, "
-        "lease_seconds double precision, lease_version bigint)",
+        "lease_seconds double precision, lease_version bigint, lease_owner text)",
     )
     execute(database.dsn, f"GRANT SELECT, INSERT, UPDATE ON public.leadership_flags TO {role_a}")
     flag = make_flag(database.as_role(role_a), "a")  # uses public.leadership_flags
