@@ -30,13 +30,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,7 +44,7 @@ from typing import Any
 import pg8000.dbapi
 import pg8000.native
 
-from harness.users import as_user, cannot_run_as
+from harness.users import as_user, cannot_run_as, give_to, owned_tempdir
 from leadership.deadman import die_with_parent
 
 __all__ = ["Cluster", "ClusterError", "free_port", "missing_tools", "server_bindir"]
@@ -238,9 +236,7 @@ class Cluster:
         target = self._root / "data" / name
         shutil.copyfile(source, target)
         target.chmod(0o600)
-        if self._as_root:
-            owner = pwd.getpwnam(self.user)
-            os.chown(target, owner.pw_uid, owner.pw_gid)
+        give_to(self.user, target)
         return target
 
     def reload(self) -> None:
@@ -380,15 +376,8 @@ class Cluster:
         self.remove()
 
     def _make_root(self) -> Path:
-        root = Path(tempfile.mkdtemp(prefix="leadership-cluster-"))
-        self._root = root
-        if self._as_root:
-            try:
-                owner = pwd.getpwnam(self.user)
-            except KeyError:
-                raise ClusterError(f"running as root but there is no {self.user!r} user") from None
-            os.chown(root, owner.pw_uid, owner.pw_gid)
-        return root
+        self._root = owned_tempdir("leadership-cluster-", self.user)
+        return self._root
 
     def _as_user(self, pdeathsig: bool = False) -> list[str]:
         """The command prefix that runs a program as ``user`` when this process is root."""

@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
 from harness.cluster import free_port
-from harness.users import as_user, cannot_run_as
+from harness.users import as_user, cannot_run_as, give_to, owned_tempdir
 from leadership.deadman import die_with_parent
 
 __all__ = ["MODES", "PgBouncer", "PgBouncerError", "missing_pgbouncer", "pgbouncer_binary"]
@@ -133,7 +131,7 @@ class PgBouncer:
         root = self._root or self._make_root()
         (root / "userlist.txt").write_text(f'"{self.user}" ""\n')
         (root / "pgbouncer.ini").write_text(self.config(root))
-        self._chown(root / "userlist.txt", root / "pgbouncer.ini")
+        give_to(self.user, root / "userlist.txt", root / "pgbouncer.ini")
         with open(root / "stderr.log", "ab") as log:
             self._process = subprocess.Popen(
                 [*self._as_user(), str(binary), str(root / "pgbouncer.ini")],
@@ -191,20 +189,8 @@ class PgBouncer:
         self.remove()
 
     def _make_root(self) -> Path:
-        root = Path(tempfile.mkdtemp(prefix="leadership-pgbouncer-"))
-        self._root = root
-        self._chown(root)
-        return root
-
-    def _chown(self, *paths: Path) -> None:
-        if not self._as_root:
-            return
-        try:
-            owner = pwd.getpwnam(self.user)
-        except KeyError:
-            raise PgBouncerError(f"running as root but there is no {self.user!r} user") from None
-        for path in paths:
-            os.chown(path, owner.pw_uid, owner.pw_gid)
+        self._root = owned_tempdir("leadership-pgbouncer-", self.user)
+        return self._root
 
     def _as_user(self) -> list[str]:
         """The command prefix that runs pgbouncer as ``user`` (with a parent-death signal,

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import tempfile
+from pathlib import Path
 
-__all__ = ["as_user", "cannot_run_as"]
+__all__ = ["as_user", "cannot_run_as", "give_to", "owned_tempdir"]
 
 
 def cannot_run_as(user: str, program: str) -> str | None:
@@ -38,3 +40,23 @@ def as_user(user: str, pdeathsig: bool = False) -> list[str]:
     if pdeathsig:
         command.append("--pdeathsig=KILL")
     return [*command, "--"]
+
+
+def give_to(user: str, *paths: Path) -> None:
+    """Make ``paths`` belong to ``user`` when this process is root (no-op otherwise);
+    RuntimeError when there is no such user."""
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = pwd.getpwnam(user)
+    except KeyError:
+        raise RuntimeError(f"running as root but there is no {user!r} user") from None
+    for path in paths:
+        os.chown(path, owner.pw_uid, owner.pw_gid)
+
+
+def owned_tempdir(prefix: str, user: str) -> Path:
+    """A new temporary directory that belongs to ``user`` (see :func:`give_to`)."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    give_to(user, root)
+    return root
