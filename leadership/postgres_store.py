@@ -547,7 +547,7 @@ class PostgresStore(ConnectedStore):
                 f"GRANT USAGE ON SCHEMA {table.schema} and SELECT, INSERT, UPDATE ON {table}, "
                 "or name another table with .table() (command line: --table)"
             ) from None
-        check_columns(columns, EXPECTED)
+        check_columns(str(table), columns, EXPECTED)
         leased = all(columns.get(column) in types for column, types in LEASE_COLUMNS.items())
         if not leased and create:
             leased = self._add_lease_columns(table)

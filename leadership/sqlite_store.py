@@ -73,8 +73,9 @@ EXPECTED = {
     "lease": ("REAL",),
     "owner": ("TEXT",),
 }
-"""``domain``, ``lease`` and ``owner`` (the writing store's identity) are added to a table
-made by version 0.1 (see ``prepare``)."""
+ADDED = ("domain", "lease", "owner")
+"""Columns a table made by version 0.1 lacks, added by ``prepare`` (``owner`` is the
+writing store's identity)."""
 EXISTS = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
 ROWS = "SELECT name, holder, version, timestamp, domain, lease FROM {table}"
 READ = "SELECT holder, version, timestamp, domain, lease, owner FROM {table} WHERE name = ?"
@@ -243,7 +244,7 @@ class SqliteStore(ConnectedStore):
         def create(conn: Any) -> dict[str, str]:
             conn.execute(self._sql(CREATE))
             columns = {row[1]: str(row[2]).upper() for row in conn.execute(self._sql(COLUMNS))}
-            for added in ("domain", "lease", "owner"):  # missing from a table of version 0.1
+            for added in ADDED:
                 if added not in columns:
                     kind = EXPECTED[added][0]
                     conn.execute(self._sql(f"ALTER TABLE {{table}} ADD COLUMN {added} {kind}"))
@@ -256,7 +257,7 @@ class SqliteStore(ConnectedStore):
             raise
         except sqlite3.Error as error:
             raise StoreUnavailable(_explain(self._path, error)) from None
-        check_columns(columns, EXPECTED)
+        check_columns(self.table, columns, EXPECTED)
         if self._thread_bound:
             self._reset()
 
@@ -327,7 +328,7 @@ class SqliteStore(ConnectedStore):
             return []  # no table yet: no flags (and reading creates nothing)
         columns = {row[1] for row in self._query(self._sql(COLUMNS))}
         sql = self._sql(ROWS)
-        for added in ("domain", "lease"):  # absent from a table made by version 0.1
+        for added in ADDED:  # absent from a table made by version 0.1 (ROWS has no owner)
             if added not in columns:
                 sql = sql.replace(f", {added}", ", NULL", 1)
         params: tuple[str, ...] = () if name is None else (name,)

@@ -276,8 +276,11 @@ def timeout_ms(timeout: float) -> int:
     return max(1, round(timeout * 1000))
 
 
-def check_columns(columns: Mapping[str, str], expected: Mapping[str, Sequence[str]]) -> None:
-    """Raise SchemaError unless every expected column is present with an accepted type.
+def check_columns(
+    table: str, columns: Mapping[str, str], expected: Mapping[str, Sequence[str]]
+) -> None:
+    """Raise SchemaError, naming ``table``, unless every expected column is present with
+    an accepted type.
 
     ``columns`` maps the table's column names to their types; ``expected`` maps each
     required column to the types accepted for it (the first is the one we create).
@@ -285,10 +288,10 @@ def check_columns(columns: Mapping[str, str], expected: Mapping[str, Sequence[st
     for column, types in expected.items():
         found = columns.get(column)
         if found is None:
-            raise SchemaError(f"table {TABLE} has no column {column} (expected {types[0]})")
+            raise SchemaError(f"table {table} has no column {column} (expected {types[0]})")
         if found not in types:
             raise SchemaError(
-                f"table {TABLE}: column {column} has type {found}, expected {types[0]}"
+                f"table {table}: column {column} has type {found}, expected {types[0]}"
             )
 
 
