@@ -1,32 +1,74 @@
 """The lease clock, picked once at import: compiled unless told or unable.
 
-The compiled :mod:`leadership._clock` is used unless ``LEADERSHIP_NO_EXTENSIONS``
-is set to a non-empty value or the extension cannot be imported; then the
-pure-Python twin :mod:`leadership._clock_py` is, with a RuntimeWarning when the
-extension was expected but missing. ``IMPLEMENTATION`` says which ("compiled" or "python").
+The compiled :mod:`leadership._clock` is used unless ``LEADERSHIP_NO_EXTENSIONS`` holds
+one of the documented values (``1``, ``true``, ``yes``; nothing else counts) or the
+extension cannot be imported; then the pure-Python twin :mod:`leadership._clock_py` is.
+An unintended fallback warns once (RuntimeWarning, attributed to the user's import);
+a deliberate one does not: the variable set at run time, or a build made with it, which
+records so in ``leadership/_pure_build.py``. ``IMPLEMENTATION`` says which is active
+("compiled" or "python").
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING
 
-__all__ = ["IMPLEMENTATION", "Lease", "jittered", "now_ns"]
+__all__ = ["IMPLEMENTATION", "Lease", "jittered", "now_ns", "opted_out"]
 
-if TYPE_CHECKING or os.environ.get("LEADERSHIP_NO_EXTENSIONS"):
+OPT_OUT_VALUES = frozenset({"1", "true", "yes"})
+PACKAGE_DIRECTORY = os.path.dirname(os.path.abspath(__file__))
+
+
+def opted_out(value: str | None) -> bool:
+    """Whether a ``LEADERSHIP_NO_EXTENSIONS`` value chooses the pure twin (1, true, yes)."""
+    return (value or "").strip().lower() in OPT_OUT_VALUES
+
+
+def fallback_reason(error: ImportError) -> tuple[str, bool]:
+    """Why the extension is absent, and whether that was chosen: the build's record, if any."""
+    try:
+        from ._pure_build import DELIBERATE, REASON  # type: ignore[import-not-found]
+    except ImportError:
+        return f"the extension is not built or does not load ({error})", False
+    return str(REASON), bool(DELIBERATE)
+
+
+def caller_outside_package() -> int:
+    """The ``stacklevel`` that attributes a warning to the first frame outside this package.
+
+    Counted from the caller of this function (level 1), skipping the import machinery's
+    frames as :func:`warnings.warn` does.
+    """
+    level, frame = 1, sys._getframe(1)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not ("importlib" in name and "_bootstrap" in name):
+            if not name.startswith(PACKAGE_DIRECTORY):
+                return level
+            level += 1
+        frame = frame.f_back  # type: ignore[assignment]
+    return level
+
+
+if TYPE_CHECKING or opted_out(os.environ.get("LEADERSHIP_NO_EXTENSIONS")):
     from ._clock_py import IMPLEMENTATION, Lease, jittered, now_ns
 else:
     try:
         from ._clock import IMPLEMENTATION, Lease, jittered, now_ns
     except ImportError as error:  # pragma: no cover - depends on the install
-        import warnings
-
         from ._clock_py import IMPLEMENTATION, Lease, jittered, now_ns
 
-        warnings.warn(
-            f"leadership: the compiled lease clock is not available ({error}); using the "
-            "pure-Python twin, whose raised() is about 3x slower. Reinstall with a C compiler, "
-            "or set LEADERSHIP_NO_EXTENSIONS=1 to choose the pure twin knowingly.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        reason, deliberate = fallback_reason(error)
+        if not deliberate:
+            import warnings
+
+            warnings.warn(
+                f"leadership: using the pure-Python lease clock, because {reason}; raised() is "
+                "about 3.5x slower. For the compiled one, with a C compiler and the Python "
+                "headers: pip install --no-cache-dir --force-reinstall --no-deps leadership. "
+                "To choose the pure one knowingly, set LEADERSHIP_NO_EXTENSIONS=1.",
+                RuntimeWarning,
+                stacklevel=caller_outside_package(),
+            )

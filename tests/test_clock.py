@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import textwrap
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -208,13 +211,95 @@ def test_selector_warns_and_falls_back_when_the_extension_is_missing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setitem(sys.modules, "leadership._clock", None)  # its import fails
-    with pytest.warns(RuntimeWarning, match="compiled lease clock is not available") as caught:
+    monkeypatch.setitem(sys.modules, "leadership._pure_build", None)  # no build record
+    with pytest.warns(RuntimeWarning, match="using the pure-Python lease clock") as caught:
         selector = run_selector(monkeypatch, no_extensions=False)
     assert len(caught) == 1
     message = str(caught[0].message)
     assert "LEADERSHIP_NO_EXTENSIONS=1" in message, "the warning says how to silence it"
     assert "leadership._clock" in message, "the warning carries the import error"
+    assert "--no-cache-dir" in message, "the command to rebuild bypasses pip's cache"
     assert exports_of(selector) == exports_of(leadership._clock_py)
+
+
+@pytest.mark.parametrize(
+    ("value", "chosen"),
+    [
+        ("1", True),
+        ("true", True),
+        ("YES", True),
+        (" yes ", True),
+        ("0", False),
+        ("false", False),
+        ("no", False),
+        ("", False),
+        (None, False),
+        ("on", False),
+    ],
+)
+def test_only_the_documented_values_choose_the_pure_twin(value: str | None, chosen: bool) -> None:
+    assert leadership.clock.opted_out(value) is chosen
+
+
+def record_module(monkeypatch: pytest.MonkeyPatch, reason: str, deliberate: bool) -> None:
+    """Stand in for the ``leadership/_pure_build.py`` that a pure build writes."""
+    record = ModuleType("leadership._pure_build")
+    record.REASON = reason  # type: ignore[attr-defined]
+    record.DELIBERATE = deliberate  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "leadership._pure_build", record)
+
+
+def test_a_deliberate_pure_build_does_not_warn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "leadership._clock", None)
+    record_module(monkeypatch, "deliberate: LEADERSHIP_NO_EXTENSIONS was set", deliberate=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        selector = run_selector(monkeypatch, no_extensions=False)
+    assert selector.IMPLEMENTATION == "python"
+
+
+def test_an_unintended_pure_build_warns_with_its_recorded_cause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "leadership._clock", None)
+    record_module(monkeypatch, "unintended: no C compiler was found", deliberate=False)
+    with pytest.warns(RuntimeWarning, match="because unintended: no C compiler was found"):
+        selector = run_selector(monkeypatch, no_extensions=False)
+    assert selector.IMPLEMENTATION == "python"
+
+
+USER_SCRIPT = "import leadership  # the user's import\nprint(leadership.IMPLEMENTATION)\n"
+
+
+def test_the_import_warning_points_at_the_users_import(tmp_path: Path) -> None:
+    """In a copy of the package without its extension, the warning names the user's file and
+    line, not a module of ours."""
+    root = Path(leadership.__file__).parent
+    copy = tmp_path / "site" / "leadership"
+    shutil.copytree(
+        root, copy, ignore=shutil.ignore_patterns("*.so", "_pure_build.py", "__pycache__")
+    )
+    script = tmp_path / "app.py"
+    script.write_text(USER_SCRIPT)
+    # -S: no site start-up, so no editable-install finder maps leadership._clock back to the
+    # checkout; the dependencies come from site-packages on the path, after the copy.
+    path = os.pathsep.join([str(copy.parent), sysconfig.get_paths()["purelib"]])
+    env = {**os.environ, "PYTHONPATH": path}
+    env.pop("LEADERSHIP_NO_EXTENSIONS", None)
+    done = subprocess.run(
+        [sys.executable, "-S", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "python"
+    assert done.stderr.startswith(f"{script}:1: RuntimeWarning: leadership: using the pure"), (
+        done.stderr
+    )
+    assert done.stderr.count("RuntimeWarning") == 1
 
 
 PURE_FLAG = textwrap.dedent(
