@@ -19,7 +19,10 @@ With ``--check`` it also proves, and prints as a table:
 - offline installs: for each Python, a fresh venv installs ``leadership`` with pip's
   configuration off and ``--no-index`` from a wheelhouse of ``pip download`` (the runtime
   dependencies) plus our wheels, then a smoke test asserts the compiled clock, no warning,
-  and a flag raised on SQLite.
+  and a flag raised on SQLite;
+- the sdist is enough to test from: unpacked, installed in place with its test tools (as
+  a distribution packager does), it runs the quick test subset (``-m "not slow"``) on the
+  compiled clock.
 
 Exit status 1 when any step fails. A Python that is not installed is reported and
 skipped, or fails the run when ``LEADERSHIP_REQUIRE_TOOLS`` is set (as in CI).
@@ -33,6 +36,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -260,7 +264,27 @@ def check(build: Build, pythons: Mapping[str, Path], env: Mapping[str, str]) -> 
         print(f"reproducible: {len(first)} files built twice from two paths hash the same")
         print(f"  {'python':<8} {'offline install from a wheelhouse: smoke test output'}")
         for version, python in pythons.items():
-            print(f"  {version:<8} {install_offline(python, build, version, root)}")
+            print(f"  {version:<8} {install_offline(python, build, version, root)}", flush=True)
+        assert build.sdist is not None
+        print(f"the unpacked sdist's quick tests: {test_unpacked(build.sdist, root)}")
+
+
+def test_unpacked(sdist: Path, scratch: Path) -> str:
+    """Unpack the sdist, install it in place with its test tools, run the quick subset."""
+    with tarfile.open(sdist) as archive:
+        archive.extractall(scratch / "unpacked", filter="data")
+    (tree,) = (scratch / "unpacked").iterdir()
+    venv = scratch / "sdist-venv"
+    python = str(venv / "bin" / "python")
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    run([sys.executable, "-m", "venv", str(venv)], env)
+    run([python, "-m", "pip", "install", "--quiet", "--editable", ".[test]"], env, tree)
+    output = run(
+        [python, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider"],
+        {**env, "LEADERSHIP_EXPECT_COMPILED": "1"},
+        tree,
+    )
+    return output.strip().splitlines()[-1].strip("= ")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ lines so that tracebacks and bash errors cite README line numbers.
   README's test command, ``bash tests/run``, is skipped: it is what CI runs, this test
   included.
 - ``sql``: the grants for a role without CREATE, checked with such a role.
+- ``text``: output the README shows, compared with what the code prints (the build's
+  fallback warning, from the build backend's own function).
 - ``yaml``: the alert rule is parsed and its metric names are checked against what the
   package exports.
 
@@ -481,7 +483,24 @@ def test_every_metric_the_readme_names_is_exported(tmp_path: Path) -> None:
     assert not missing, f"named in README.md but not exported: {sorted(missing)}"
 
 
-RUNNERS = ("python", "sh", "sql", "yaml")
+RUNNERS = ("python", "sh", "sql", "text", "yaml")
+
+
+def shown_outputs() -> list[str]:
+    """What the code prints, for each output the README shows."""
+    sys.path.insert(0, str(ROOT / "build_backend"))
+    try:
+        import leadership_build
+    finally:
+        sys.path.remove(str(ROOT / "build_backend"))
+    return [leadership_build.fallback_warning("no C compiler was found (looked for 'gcc')")]
+
+
+@pytest.mark.parametrize("block", params("text", lambda block: []))
+def test_text_block(block: Block) -> None:
+    assert block.text in shown_outputs(), (
+        f"README line {block.line}: this output is not what the code prints:\n{block.text}"
+    )
 
 
 def test_every_block_has_a_runner() -> None:
