@@ -11,6 +11,13 @@ change without notice. ``IMPLEMENTATION`` says which lease clock is active: "com
 
 from __future__ import annotations
 
+# Import cost: ``import leadership`` loads the modules below and, of the standard library,
+# little more than threading and weakref (benchmarks/import_cost.py gates it against
+# ``import sqlite3``). The rest is imported where first needed: by ``build()`` the
+# backend with its driver, logging, and prometheus_client when metrics are on; asyncio
+# by the async methods; signal by close_on_signals. Modules on this path write
+# ``TYPE_CHECKING = False`` instead of importing it: typing, with the re and enum it
+# imports, costs more to import than the whole package.
 from .builder import FlagBuilder, new_flag
 from .clock import IMPLEMENTATION
 from .errors import (

@@ -1,31 +1,39 @@
-"""The builder of a flag: every parameter of the Go ancestor, validated in ``build()``."""
+"""The builder of a flag: every parameter of the Go ancestor, validated in ``build()``.
+
+``build()`` imports what a flag needs beyond the package itself: the backend (and its
+driver), logging and, only when metrics are enabled, prometheus_client.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
-import re
-import socket
-from collections.abc import Callable
-from typing import Any
 
-from prometheus_client import CollectorRegistry
-
-from .backends import open_store
-from .callbacks import Callback
 from .errors import ConfigurationError
 from .flag import Flag
-from .metrics import FlagMetrics
-from .store import DBAPIConnection, QualifiedName
-from .timing import Duration, Timing, seconds
+from .timing import Timing, seconds
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see leadership/__init__)
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Callable
+    from typing import Any
+
+    from prometheus_client import CollectorRegistry
+
+    from .callbacks import Callback
+    from .store import DBAPIConnection
+    from .timing import Duration
 
 __all__ = ["FlagBuilder", "new_flag"]
 
-METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+METRIC_NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
+"""A Prometheus metric name (the whole subsystem must match)."""
 
 
 def default_process() -> str:
     """``hostname-pid``: unique per live process on a network of distinct hosts."""
+    import socket
+
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
@@ -138,6 +146,12 @@ class FlagBuilder:
         StoreUnavailable when the database cannot be reached, SchemaError when
         the table is incompatible.
         """
+        import logging
+        import re
+
+        from .backends import open_store
+        from .store import QualifiedName
+
         name = _text("name", self._name)
         process = _text(
             "process", self._process if self._process is not None else default_process()
@@ -151,13 +165,16 @@ class FlagBuilder:
         if not isinstance(logger, logging.Logger):
             raise ConfigurationError("logger", f"expected a logging.Logger, got {logger!r}")
         registry = self._registry
-        if registry is not None and not isinstance(registry, CollectorRegistry):
-            raise ConfigurationError(
-                "metrics_registerer", f"expected a CollectorRegistry, got {registry!r}"
-            )
+        if registry is not None:
+            from prometheus_client import CollectorRegistry
+
+            if not isinstance(registry, CollectorRegistry):
+                raise ConfigurationError(
+                    "metrics_registerer", f"expected a CollectorRegistry, got {registry!r}"
+                )
         subsystem = self._subsystem
         if subsystem is not None and not (
-            isinstance(subsystem, str) and METRIC_NAME.match(subsystem)
+            isinstance(subsystem, str) and re.fullmatch(METRIC_NAME, subsystem)
         ):
             raise ConfigurationError(
                 "metrics_subsystem",
@@ -179,6 +196,8 @@ class FlagBuilder:
         logger.debug("flag %r uses table %s", name, store.table)
         metrics = None
         if subsystem is not None:
+            from .metrics import FlagMetrics
+
             metrics = FlagMetrics(registry, subsystem, name, process)
         flag = Flag(
             name=name,

@@ -7,11 +7,14 @@ new term (a different fencing token) while raised counts as lowered then raised.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 
-from .clock import Lease
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see leadership/__init__)
+if TYPE_CHECKING:
+    import logging
+
+    from .clock import Lease
 
 __all__ = ["Callback", "Callbacks"]
 

@@ -9,18 +9,21 @@ are injected, so each decision can be tested step by step with fakes.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import select
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .clock import jittered, now_ns
-from .metrics import FlagMetrics
 from .store import HoldLost, Observation, OutcomeUnknown, Store, describe_error
 from .tenure import Tenure
 from .timing import SAFETY_MARGIN, Timing
+
+if TYPE_CHECKING:
+    import logging
+
+    from .metrics import FlagMetrics  # imported by the builder, only when metrics are on
 
 __all__ = ["Campaign", "LeaseControl"]
 

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
-import logging
 import os
-import shutil
 import sys
+from typing import TYPE_CHECKING
 
-from .admin import FlagRow, list_flags, read_flags, release_flag
 from .arguments import (
     Commands,
     UsageError,
@@ -29,8 +26,13 @@ from .arguments import (
     seconds_argument,
 )
 from .builder import new_flag
-from .supervisor import CommandNotStarted, Supervisor, max_grace
 from .timing import Timing
+
+if TYPE_CHECKING:
+    from .admin import FlagRow
+
+# Each command imports what only it needs (the stores, the supervisor, the demo) when it
+# runs: ``leadership --help`` and a usage error stay quick.
 
 __all__ = ["add_demo", "add_release", "add_run", "add_status"]
 
@@ -83,6 +85,10 @@ def add_run(commands: Commands) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import logging
+
+    from .supervisor import CommandNotStarted, Supervisor, max_grace
+
     command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not command:
         raise UsageError("no command to run: give it after --, e.g. -- ./job.sh")
@@ -137,6 +143,10 @@ def _run(args: argparse.Namespace) -> int:
 def _check_runnable(program: str) -> None:
     """Raise CommandNotStarted unless ``program`` names an executable file, found as
     ``execvp`` would find it (through PATH unless it contains a slash)."""
+    import shutil
+
+    from .supervisor import CommandNotStarted
+
     path = program if os.sep in program else shutil.which(program)
     if path is None or not os.path.exists(path):
         raise CommandNotStarted(program, FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)))
@@ -165,6 +175,10 @@ def _state(row: FlagRow) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from .admin import list_flags
+
     listing = list_flags(handle_of(args), args.interval, args.timeout, args.name, table=args.table)
     rows = listing.rows
     if args.name is not None and not rows:
@@ -221,6 +235,8 @@ def add_release(commands: Commands) -> None:
 
 
 def _release(args: argparse.Namespace) -> int:
+    from .admin import read_flags, release_flag
+
     handle = handle_of(args)
     rows = read_flags(handle, args.interval, args.timeout, args.name, table=args.table)
     if not rows:
@@ -290,7 +306,7 @@ def add_demo(commands: Commands) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import DemoOptions, run_demo  # imported on use: the demo is not a light module
+    from .demo import DemoOptions, run_demo
 
     return run_demo(
         DemoOptions(

@@ -43,14 +43,20 @@ class _ITimerSpec(ctypes.Structure):
 def _libc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
-    for name in (None, ctypes.util.find_library("rt")):
-        try:
-            lib = ctypes.CDLL(name, use_errno=True)
-            lib.timer_create  # noqa: B018 - probe for the symbol
-            return lib
-        except (OSError, AttributeError):
-            continue
-    return None
+    # This process's symbols first (glibc 2.34 and later have timer_create in libc):
+    # find_library runs ldconfig in a subprocess.
+    lib = _with_timers(None)
+    return lib if lib is not None else _with_timers(ctypes.util.find_library("rt"))
+
+
+def _with_timers(name: str | None) -> ctypes.CDLL | None:
+    """The library ``name`` (None: this process) if it has ``timer_create``."""
+    try:
+        lib = ctypes.CDLL(name, use_errno=True)
+        lib.timer_create  # noqa: B018 - probe for the symbol
+        return lib
+    except (OSError, AttributeError):
+        return None
 
 
 _LIBC = _libc()

@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import getpass
 import os
-import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = [
     "POSTGRES_SCHEMES",
@@ -205,6 +207,8 @@ def pg8000_options(dsn: str, timeout: float, *, index: int | None = None) -> dic
 def _ssl_context(query: dict[str, str], shown: str) -> ssl.SSLContext | bool | None:
     """pg8000's ``ssl_context``: False for no TLS, None for TLS when offered (no checks),
     else a context that requires TLS. ConfigurationError names an unreadable file."""
+    import ssl  # on use, as pg8000 itself: PostgreSQL DSNs only
+
     mode = query.get("sslmode", "prefer")
     if mode not in SSL_MODES:
         raise ConfigurationError("handle", f"sslmode must be one of {SSL_MODES} in {shown}")
@@ -257,6 +261,8 @@ def _refuse_passphrase(key: str, shown: str) -> Callable[[], str]:
 
 def _file_problem(error: OSError) -> str:
     """Why a certificate or key file could not be loaded, in a few words."""
+    import ssl  # imported already, by _ssl_context
+
     if isinstance(error, ssl.SSLError):
         if error.reason == "KEY_VALUES_MISMATCH":
             return "the key does not match the certificate"

@@ -7,24 +7,27 @@ allocation, no lock.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable
-from types import TracebackType
 
-from .callbacks import Callback, Callbacks
-from .campaign import Campaign
+from .callbacks import Callbacks
 from .clock import Lease
 from .errors import LeadershipError, LeadershipLost
 from .fencing import verify_holder
-from .metrics import FlagMetrics
-from .store import DBAPIConnection, Store, describe_error
-from .timing import Timing
 from .waiters import Waiters
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see leadership/__init__)
+if TYPE_CHECKING:
+    import logging
+    from collections.abc import Callable
+    from types import TracebackType
+
+    from .callbacks import Callback
+    from .metrics import FlagMetrics
+    from .store import DBAPIConnection, Store
+    from .timing import Timing
 
 __all__ = ["Flag"]
 
@@ -52,6 +55,8 @@ class Flag(Lease):
         on_raised: Callback | None = None,
         on_lowered: Callback | None = None,
     ) -> None:
+        from .campaign import Campaign  # and the store module: imported by the first flag
+
         super().__init__()
         self.name = name
         self.process = process
@@ -133,6 +138,8 @@ class Flag(Lease):
         except LeadershipError:
             raise
         except Exception as error:
+            from .store import describe_error
+
             raise LeadershipError(
                 f"flag {self.name!r}: guard() could not lock the flag's row through this "
                 f"connection ({describe_error(error)}): it takes a DB-API connection to the "
@@ -209,6 +216,8 @@ class Flag(Lease):
 
     async def aclose(self) -> None:
         """``close()`` without blocking the event loop (runs in a worker thread)."""
+        import asyncio
+
         await asyncio.to_thread(self.close)
 
     def __repr__(self) -> str:

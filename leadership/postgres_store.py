@@ -13,13 +13,12 @@ import hashlib
 import itertools
 import logging
 import re
+import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import pg8000.native
 
 from .deadline import OperationTimeout, Watchdog, call_within, cut_connection
 from .dsn import POOLERS, Targets, endpoint_of, pg8000_targets, pooler_of, redact
@@ -288,9 +287,10 @@ def from_dsn(
     targets = pg8000_targets(dsn, timeout)
     pooler = pooler_of(dsn)
     options = targets.options[0]
+    pg8000 = _pg8000()
 
     def connect() -> Any:
-        return pg8000.native.Connection(**options)
+        return pg8000.Connection(**options)
 
     connect_timeout = targets.connect_timeout
     if len(targets.options) > 1 or targets.session_attrs != "any":
@@ -311,6 +311,22 @@ def from_dsn(
     )
 
 
+def _pg8000() -> Any:
+    """pg8000's native interface, imported by the first :func:`from_dsn` (not within a
+    connect timeout): it costs more to import (scramp, asn1crypto, ssl) than the whole
+    package, and users of SQLite or of their own driver never need it."""
+    import pg8000.native
+
+    return pg8000.native
+
+
+def _pg8000_native(conn: Any) -> Any:
+    """The pg8000.native module if ``conn`` is one of its connections, else None (without
+    importing pg8000 for another driver's connection: before the import, none can be)."""
+    native = sys.modules.get("pg8000.native")
+    return native if native is not None and isinstance(conn, native.Connection) else None
+
+
 class NoUsableHost(ConnectionError):
     """None of a DSN's hosts connected and accepted what ``target_session_attrs`` asks."""
 
@@ -326,9 +342,10 @@ that answers otherwise is skipped."""
 def _first_usable_host(targets: Targets) -> Callable[[], Any]:
     """A connect function that walks ``targets`` in order (see :func:`from_dsn`)."""
     check = WRITABLE_CHECKS.get(targets.session_attrs)
+    pg8000 = _pg8000()
 
     def open_checked(options: dict[str, Any]) -> Any:
-        conn = pg8000.native.Connection(**options)
+        conn = pg8000.Connection(**options)
         if check is not None:
             try:
                 answer = conn.run(check[0])[0][0]
@@ -463,13 +480,13 @@ class PostgresStore(ConnectedStore):
         query, one round trip, one transaction: ``SET LOCAL statement_timeout``, then the
         statement with its parameters as literals; ``LISTEN`` and ``UNLISTEN`` are skipped
         (waiting falls back to its schedule)."""
-        native = isinstance(conn, pg8000.native.Connection)
-        if native and self._per_transaction:
+        native = _pg8000_native(conn)
+        if native is not None and self._per_transaction:
             if LISTEN_COMMANDS.match(sql):
                 return []  # would stay on a server connection that other clients get
             bounded = f"SET LOCAL statement_timeout = {self._timeout_ms:d}; {_inline(sql, params)}"
             return list(conn.run(bounded) or [])
-        if native:
+        if native is not None:
             if not params:
                 return list(conn.run(sql) or [])
             try:
@@ -478,7 +495,7 @@ class PostgresStore(ConnectedStore):
                     statement = self._prepared[sql] = conn.prepare(_named_placeholders(sql))
                 values = {f"p{i}": value for i, value in enumerate(params)}
                 return list(statement.run(**values) or [])
-            except pg8000.native.DatabaseError as error:
+            except native.DatabaseError as error:
                 if _sqlstate(error) not in POOLED_STATEMENT_ERRORS:
                     raise
                 self._per_transaction = True  # nothing ran: run it again, the pooled way

@@ -8,14 +8,16 @@ lease to expire on every deploy.
 from __future__ import annotations
 
 import os
-import signal
 import threading
-from collections.abc import Iterable
-from types import FrameType
-from typing import Any
 
 from .errors import ConfigurationError
 from .flag import close_all
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see leadership/__init__)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from types import FrameType
+    from typing import Any
 
 __all__ = ["close_on_signals"]
 
@@ -25,9 +27,9 @@ CLOSE_WAIT = 5.0
 _previous: dict[int, Any] = {}  # signal number -> the handler ours replaced
 
 
-def close_on_signals(signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
-    """On each of ``signals``, lower and release every open flag of this process, then
-    hand the signal to the handler installed before (idempotent).
+def close_on_signals(signals: Iterable[int] | None = None) -> None:
+    """On each of ``signals`` (default: SIGTERM and SIGINT), lower and release every open
+    flag of this process, then hand the signal to the handler installed before (idempotent).
 
     The previous handler then runs as it would have: Python's SIGINT handler raises
     KeyboardInterrupt; a default action ends the process with the signal's status (the
@@ -39,11 +41,15 @@ def close_on_signals(signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -
     interrupted code holds a lock it needs: the flags are lowered anyway and their rows
     expire on their own).
     """
+    import signal  # here, not with the package: its enums take milliseconds to build
+
     if threading.current_thread() is not threading.main_thread():
         raise ConfigurationError(
             "close_on_signals",
             "must be called from the main thread: Python runs signal handlers only there",
         )
+    if signals is None:
+        signals = (signal.SIGTERM, signal.SIGINT)
     for number in signals:
         current = signal.getsignal(number)
         if current is _close_then_pass_on or current == signal.SIG_IGN:
@@ -53,6 +59,8 @@ def close_on_signals(signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -
 
 
 def _close_then_pass_on(number: int, frame: FrameType | None) -> None:
+    import signal  # imported already, by close_on_signals, which installed this handler
+
     close_all(CLOSE_WAIT)
     previous = _previous.get(number, signal.SIG_DFL)
     if callable(previous):

@@ -13,7 +13,7 @@ import contextlib
 import os
 import re
 import select
-import ssl
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -315,7 +315,8 @@ WRONG_HOST = {62, 64}
 
 def describe_error(error: BaseException) -> str:
     """One line describing a driver error, without connection secrets."""
-    if isinstance(error, ssl.SSLCertVerificationError):
+    ssl = sys.modules.get("ssl")  # no TLS error before ssl is imported (SQLite never does)
+    if ssl is not None and isinstance(error, ssl.SSLCertVerificationError):
         detail = str(error.verify_message).rstrip(".")
         if error.verify_code in UNTRUSTED_ISSUER:
             detail += " (not issued by a CA in sslrootcert, or by the system's CAs without it)"

@@ -14,15 +14,18 @@ All durations are seconds (float). With interval ``I``, jitter ``j`` and timeout
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from datetime import timedelta
 
 from .errors import ConfigurationError
 
-__all__ = ["SAFETY_MARGIN", "Duration", "Timing", "seconds"]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see leadership/__init__)
+if TYPE_CHECKING:
+    from datetime import timedelta
+    from typing import TypeAlias
 
-Duration = float | timedelta
-"""A duration as a builder takes it: seconds (int or float) or a ``timedelta``."""
+    Duration: TypeAlias = float | timedelta
+    """A duration as a builder takes it: seconds (int or float) or a ``timedelta``."""
+
+__all__ = ["SAFETY_MARGIN", "Timing", "seconds"]
 
 SAFETY_MARGIN = 0.1
 """Fraction of the interval the local lease ends before the database's expiry."""
@@ -30,6 +33,8 @@ SAFETY_MARGIN = 0.1
 
 def seconds(parameter: str, value: object) -> float:
     """Convert a duration given as int, float or timedelta to finite seconds, or raise."""
+    from datetime import timedelta  # on use: the package is imported without datetime
+
     if isinstance(value, timedelta):
         result = value.total_seconds()
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -43,15 +48,23 @@ def seconds(parameter: str, value: object) -> float:
     return result
 
 
-@dataclass(frozen=True)
 class Timing:
-    """Validated timing of one flag (seconds)."""
+    """Validated timing of one flag (seconds): immutable, compared by value.
 
-    interval: float = 30.0
-    jitter: float = 0.2
-    timeout: float = 1.0
+    Raises ConfigurationError, naming the parameter, when a value breaks a rule. (Not a
+    dataclass: the dataclasses module, which imports inspect, would cost more at import
+    than the rest of the package.)
+    """
 
-    def __post_init__(self) -> None:
+    __slots__ = ("interval", "jitter", "timeout")
+
+    interval: float
+    jitter: float
+    timeout: float
+
+    def __init__(self, interval: float = 30.0, jitter: float = 0.2, timeout: float = 1.0) -> None:
+        for name, value in (("interval", interval), ("jitter", jitter), ("timeout", timeout)):
+            object.__setattr__(self, name, value)
         if not self.interval > 0:
             raise ConfigurationError("interval", f"must be > 0 seconds, got {self.interval!r}")
         if not 0 <= self.jitter < 1:
@@ -66,6 +79,25 @@ class Timing:
                 f"so timeout <= interval * {1 - SAFETY_MARGIN:g} - interval / 2 * (1 + jitter) "
                 f"= {self.max_timeout:.3g} s (raise the interval or lower the timeout)",
             )
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Timing is immutable: cannot set {name}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Timing is immutable: cannot delete {name}")
+
+    def _values(self) -> tuple[float, float, float]:
+        return self.interval, self.jitter, self.timeout
+
+    def __eq__(self, other: object) -> bool:
+        return self._values() == other._values() if isinstance(other, Timing) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        interval, jitter, timeout = self._values()
+        return f"Timing({interval=}, {jitter=}, {timeout=})"
 
     @property
     def max_timeout(self) -> float:

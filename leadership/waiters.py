@@ -1,17 +1,21 @@
 """Threads and coroutines waiting for a flag to be raised, woken by the renewal loop.
 
 Waiting adds no database traffic: waiters are woken after each step of the renewal
-loop and when the flag closes.
+loop and when the flag closes. asyncio is imported by the first asyncio waiter, not
+with the package.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import threading
 import time
 
 from .clock import Lease
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see leadership/__init__)
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["Waiters"]
 
@@ -61,6 +65,8 @@ class Waiters:
 
     async def wait_raised_async(self, timeout: float | None) -> bool:
         """``wait_raised`` for asyncio: never blocks the event loop."""
+        import asyncio
+
         loop = asyncio.get_running_loop()
         end = None if timeout is None else loop.time() + timeout
         while not self._lease.raised():
