@@ -16,6 +16,8 @@ machine are noise):
    the bound interval + timeout.
 4. Resident memory of one flag over an interpreter with the same imports, and per
    additional flag.
+5. Import cost (``import_cost.py``): ``import leadership`` against ``import sqlite3`` and
+   ``python -m leadership --help``, fresh processes (median of interleaved runs).
 
 Quick mode (``--quick``, under a minute) takes fewer samples. Both modes print a table
 and evaluate the gate; the exit status is 1 when a gated figure is past its threshold.
@@ -33,7 +35,11 @@ Gate thresholds (goal, then the tolerance the gate allows on a noisy 2-core mach
   ``WIRE_GATED_DRIVERS``; the others are reported, not gated;
 - handover after close: p50 goal <= 0.1 s, gate <= 0.2 s; p99 / (interval + timeout)
   goal <= 1, gate <= 1.3;
-- failover after SIGKILL: p99 / (interval + timeout) goal <= 1, gate <= 1.3.
+- failover after SIGKILL: p99 / (interval + timeout) goal <= 1, gate <= 1.3;
+- ``import leadership`` / ``import sqlite3``: goal and gate <= 1.5 (not gated while
+  ``leadership/clock.py`` imports typing: see ``import_cost.py``); ``python -m leadership
+  --help``: goal and gate < 0.1 s; pg8000, prometheus_client, asyncio loaded by ``import
+  leadership``: none.
 
 Memory has no goal; it is reported only.
 """
@@ -62,6 +68,7 @@ sys.path.append(str(HERE.parent))  # the checkout, for harness/ (the installed l
 
 import db_cost  # noqa: E402
 import hot_path  # noqa: E402
+import import_cost  # noqa: E402
 import latency  # noqa: E402
 import memory_cost  # noqa: E402
 from baseline_build import load_baseline  # noqa: E402
@@ -95,10 +102,11 @@ class Mode:
     failovers: int
     memory_runs: int
     memory_flags: int
+    import_runs: int  # fresh processes per command
 
 
-QUICK = Mode("quick", 150, 20_000, 1_000_000, 100, 100_000, 3.0, 8, 3, 1, 20)
-FULL = Mode("full", 600, 20_000, 1_000_000, 300, 100_000, 15.0, 60, 25, 3, 20)
+QUICK = Mode("quick", 150, 20_000, 1_000_000, 100, 100_000, 3.0, 8, 3, 1, 20, 21)
+FULL = Mode("full", 600, 20_000, 1_000_000, 300, 100_000, 15.0, 60, 25, 3, 20, 41)
 
 
 @dataclass
@@ -375,11 +383,26 @@ def section_memory(report: Report, mode: Mode, dsn: str) -> None:
     }
 
 
+def section_import(report: Report, mode: Mode, dsn: str) -> None:
+    costs = import_cost.measure(mode.import_runs)
+    report.sections["import_cost"] = {
+        "costs": costs,  # (a dataclass: asdict() turns it into a dict for --json)
+        "medians": {key: costs.median(key) for key in costs.wall},
+        "ratio": costs.ratio,
+    }
+    for verdict in import_cost.check(costs):
+        report.checks.append(
+            Check(verdict.what, verdict.value, verdict.goal, verdict.goal, verdict.meets_goal,
+                  verdict.passes, verdict.gated)
+        )  # fmt: skip
+
+
 SECTIONS: dict[str, Any] = {
     "hot": section_hot_path,
     "db": section_db_cost,
     "latency": section_latency,
     "memory": section_memory,
+    "import": section_import,
 }
 
 # ---------------------------------------------------------------------------- output
@@ -500,6 +523,10 @@ def render(report: Report, mode: Mode) -> str:
             f"   (one flag: RSS with one raised flag over the same process before it; per "
             f"extra flag: over {mem['count'] - 1} more flags)"
         )
+    imports = report.sections.get("import_cost")
+    if imports:
+        out += ["", "5. import cost: fresh processes, interleaved; ms"]
+        out += import_cost.render(imports["costs"])
     out += ["", "gate (goal / threshold the gate allows):"]
     for check in report.checks:
         value = f"{check.value:.3g}" if isinstance(check.value, float) else str(check.value)

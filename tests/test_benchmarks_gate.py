@@ -56,7 +56,7 @@ def test_quick_benchmarks_pass_the_gate(tmp_path: Path) -> None:
     failed = [check["what"] for check in report["checks"] if check["gated"] and not check["passes"]]
     assert done.returncode == 0 and report["passed"], f"gate failed: {failed}\n{shown}"
     assert report["machine"]["implementation"] == "compiled"
-    assert set(report["sections"]) == {"hot_path", "db_cost", "latency", "memory"}
+    assert set(report["sections"]) == {"hot_path", "db_cost", "latency", "memory", "import_cost"}
     assert report["seconds"] < 120, f"quick mode took {report['seconds']:.0f} s\n{shown}"
 
 
