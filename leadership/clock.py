@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
+
+TYPE_CHECKING = False  # not typing's: importing typing would be most of `import leadership`
 
 __all__ = ["IMPLEMENTATION", "Lease", "jittered", "now_ns", "opted_out"]
 
