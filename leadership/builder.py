@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from .deferred import IMPORTING, hold_across_fork
 from .errors import ConfigurationError
 from .flag import Flag
 from .timing import Timing, seconds
@@ -146,11 +147,14 @@ class FlagBuilder:
         StoreUnavailable when the database cannot be reached, SchemaError when
         the table is incompatible.
         """
-        import logging
-        import re
+        import logging  # first, outside the lock: see leadership/deferred.py
 
-        from .backends import open_store
-        from .store import QualifiedName
+        hold_across_fork()
+        with IMPORTING:
+            import re
+
+            from .backends import open_store
+            from .store import QualifiedName
 
         name = _text("name", self._name)
         process = _text(
@@ -166,7 +170,8 @@ class FlagBuilder:
             raise ConfigurationError("logger", f"expected a logging.Logger, got {logger!r}")
         registry = self._registry
         if registry is not None:
-            from prometheus_client import CollectorRegistry
+            with IMPORTING:
+                from prometheus_client import CollectorRegistry
 
             if not isinstance(registry, CollectorRegistry):
                 raise ConfigurationError(
@@ -196,7 +201,8 @@ class FlagBuilder:
         logger.debug("flag %r uses table %s", name, store.table)
         metrics = None
         if subsystem is not None:
-            from .metrics import FlagMetrics
+            with IMPORTING:
+                from .metrics import FlagMetrics
 
             metrics = FlagMetrics(registry, subsystem, name, process)
         flag = Flag(

@@ -14,6 +14,7 @@ import weakref
 
 from .callbacks import Callbacks
 from .clock import Lease
+from .deferred import IMPORTING
 from .errors import LeadershipError, LeadershipLost
 from .fencing import verify_holder
 from .waiters import Waiters
@@ -55,7 +56,8 @@ class Flag(Lease):
         on_raised: Callback | None = None,
         on_lowered: Callback | None = None,
     ) -> None:
-        from .campaign import Campaign  # and the store module: imported by the first flag
+        with IMPORTING:  # the first flag imports the renewal loop and the store module
+            from .campaign import Campaign
 
         super().__init__()
         self.name = name
@@ -216,7 +218,8 @@ class Flag(Lease):
 
     async def aclose(self) -> None:
         """``close()`` without blocking the event loop (runs in a worker thread)."""
-        import asyncio
+        with IMPORTING:
+            import asyncio
 
         await asyncio.to_thread(self.close)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .deadline import OperationTimeout, Watchdog, call_within, cut_connection
+from .deferred import IMPORTING
 from .dsn import POOLERS, Targets, endpoint_of, pg8000_targets, pooler_of, redact
 from .errors import LeadershipError, SchemaError, StoreUnavailable
 from .store import (
@@ -315,7 +316,8 @@ def _pg8000() -> Any:
     """pg8000's native interface, imported by the first :func:`from_dsn` (not within a
     connect timeout): it costs more to import (scramp, asn1crypto, ssl) than the whole
     package, and users of SQLite or of their own driver never need it."""
-    import pg8000.native
+    with IMPORTING:
+        import pg8000.native
 
     return pg8000.native
 

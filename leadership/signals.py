@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 
+from .deferred import IMPORTING
 from .errors import ConfigurationError
 from .flag import close_all
 
@@ -41,7 +42,8 @@ def close_on_signals(signals: Iterable[int] | None = None) -> None:
     interrupted code holds a lock it needs: the flags are lowered anyway and their rows
     expire on their own).
     """
-    import signal  # here, not with the package: its enums take milliseconds to build
+    with IMPORTING:  # here, not with the package: signal's enums take milliseconds to build
+        import signal
 
     if threading.current_thread() is not threading.main_thread():
         raise ConfigurationError(

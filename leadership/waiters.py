@@ -12,6 +12,7 @@ import threading
 import time
 
 from .clock import Lease
+from .deferred import IMPORTING
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see leadership/__init__)
 if TYPE_CHECKING:
@@ -65,7 +66,8 @@ class Waiters:
 
     async def wait_raised_async(self, timeout: float | None) -> bool:
         """``wait_raised`` for asyncio: never blocks the event loop."""
-        import asyncio
+        with IMPORTING:
+            import asyncio
 
         loop = asyncio.get_running_loop()
         end = None if timeout is None else loop.time() + timeout
