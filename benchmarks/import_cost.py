@@ -16,7 +16,8 @@ of the child). The ratio compares whole processes, start-up included, as ``time 
 -c ...`` would; the table also gives it without the start-up (``pass`` taken off both).
 
 Gate: ``import leadership`` / ``import sqlite3`` (medians of wall time) at most
-``RATIO_GOAL`` (1.5); ``python -m leadership --help`` (median) under ``HELP_GOAL`` (0.1 s);
+``RATIO_GOAL`` (1.5); ``python -m leadership --help`` (median) under ``HELP_GOAL`` (0.1 s)
+is reported, not gated (a wall-clock figure, not a ratio: it moves with the machine's load);
 ``import leadership`` loads none of ``DEFERRED`` (pg8000, prometheus_client, asyncio: each
 is imported where first needed). The modules on the import path write
 ``TYPE_CHECKING = False`` rather than import ``typing``, which with ``re`` and ``enum`` would
@@ -253,12 +254,6 @@ def check(costs: ImportCosts) -> list[Verdict]:
             costs.ratio <= RATIO_GOAL,
         ),
         Verdict(
-            "python -m leadership --help, median seconds",
-            costs.median("help"),
-            f"< {HELP_GOAL:g}",
-            costs.median("help") < HELP_GOAL,
-        ),
-        Verdict(
             f"modules among {', '.join(DEFERRED)} that import leadership loads",
             len(costs.deferred_loaded),
             "== 0",
@@ -286,6 +281,9 @@ def render(costs: ImportCosts, indent: str = "   ") -> list[str]:
     out += [
         f"{indent}import leadership / import sqlite3: {costs.ratio:.2f}; without the start-up "
         f"(python -c pass taken off both): {costs.net_ratio:.2f}",
+        f"{indent}python -m leadership --help: {costs.median('help') * 1000:.0f} ms, goal < "
+        f"{HELP_GOAL * 1000:.0f} ms ({'met' if costs.median('help') < HELP_GOAL else 'MISSED'}; "
+        "reported, not gated: a wall-clock figure that moves with the machine's load)",
         f"{indent}watched modules that import leadership loads: {', '.join(watched) or 'none'}",
         f"{indent}({costs.runs} interleaved runs per row; {costs.environment})",
     ]

@@ -1,21 +1,27 @@
 """The build backend: setuptools, plus Cython only when the C must be generated.
 
-Contract (PEP 517 hooks, everything else is setuptools.build_meta's):
+Contract (PEP 517 hooks; what is not said here is setuptools.build_meta's):
 
 - A source tree whose ``leadership/_clock.c`` is current (an sdist, which always carries
-  it) builds with setuptools and a C compiler alone; a checkout asks for Cython to
-  generate the C (it is never committed).
+  it) builds with setuptools (77.0.1 or newer, checked: without build isolation nobody else
+  checks) and a C compiler alone; a checkout asks for Cython to generate the C (it is never
+  committed).
 - A wheel is compiled when it can be. When it cannot (no C compiler, no Python headers,
   no C and no Cython, a failing compile) the build does not fail: it makes the pure
-  ``py3-none-any`` wheel, records why in the package, and says so in one short warning
-  on the installer's own output as well as its own.
+  ``py3-none-any`` wheel, records why in the package (``leadership/_pure_build.py``; for an
+  editable install, in the source tree, whose stale extension it removes) and says so in
+  one short warning, on its own output and, since pip shows that only with ``-v``, on the
+  installer's terminal or pipe.
 - ``LEADERSHIP_NO_EXTENSIONS=1`` (or ``true``/``yes``; nothing else counts) builds the pure
   wheel on purpose, recorded as deliberate: no warning at build or at import.
-- Config setting ``implementation``: ``compiled`` makes any fallback an error (release
-  wheels); ``pure`` makes the universal pure wheel for an index, whose users did not choose
-  it, so it warns at import.
+- Config setting ``implementation``: ``compiled`` makes any fallback, the opt-out included,
+  an error (release wheels); ``pure`` makes the universal pure wheel for an index, whose
+  users did not choose it, so it warns at import.
 - With ``SOURCE_DATE_EPOCH`` set, the sdist is byte-for-byte reproducible (the wheel already
   is: setuptools dates its entries by it, and setup.py builds the extension without paths).
+
+This module must import on any Python 3 (pip asks it for metadata before it can tell a
+user that the package needs Python 3.10), so it evaluates no newer syntax at run time.
 """
 
 from __future__ import annotations
@@ -24,24 +30,17 @@ import contextlib
 import gzip
 import io
 import os
+import re
 import shlex
 import shutil
+import stat
 import sys
 import sysconfig
 import tarfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
-
-import setuptools
-from setuptools import build_meta
-from setuptools.build_meta import (  # the hooks not overridden here
-    get_requires_for_build_sdist as _setuptools_requires_for_sdist,
-)
-from setuptools.build_meta import (
-    prepare_metadata_for_build_editable,
-    prepare_metadata_for_build_wheel,
-)
+from types import ModuleType
+from typing import Any, Optional
 
 __all__ = [
     "build_editable",
@@ -56,32 +55,19 @@ __all__ = [
 
 PYX = Path("leadership/_clock.pyx")
 C_SOURCE = PYX.with_suffix(".c")
+RECORD = Path("leadership/_pure_build.py")
 CYTHON = "Cython>=3.0"
 PURE_BUILD = "LEADERSHIP_PURE_BUILD"
-"""How this backend tells setup.py to leave the extension out, and why (internal)."""
+"""How this backend tells setup.py to leave the extension out (internal)."""
 OPT_OUT = "LEADERSHIP_NO_EXTENSIONS"
 OPT_OUT_VALUES = frozenset({"1", "true", "yes"})
 DELIBERATE = "deliberate: LEADERSHIP_NO_EXTENSIONS was set when it was built"
-UNIVERSAL = "the universal pure-Python wheel was installed"
-
+UNIVERSAL = "universal: the universal pure-Python wheel was installed"
 SETUPTOOLS_FLOOR = (77, 0, 1)
 """The first setuptools that reads pyproject.toml's SPDX ``license`` string (76.1 cannot)."""
 
-ConfigSettings = Mapping[str, Any] | None
-
-
-def _check_setuptools(version: str = setuptools.__version__) -> None:
-    """Without build isolation pip does not check build requirements: say what is missing."""
-    found = tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
-    if found < SETUPTOOLS_FLOOR:
-        floor = ".".join(map(str, SETUPTOOLS_FLOOR))
-        raise RuntimeError(
-            f"leadership needs setuptools>={floor} to build, found {version}: "
-            f"pip install 'setuptools>={floor}' (or build with build isolation)"
-        )
-
-
-_check_setuptools()
+ConfigSettings = Optional[Mapping[str, Any]]  # noqa: UP045 (evaluated at run time)
+Build = Callable[[], str]
 
 
 # -- the PEP 517 hooks ------------------------------------------------------------------
@@ -89,30 +75,43 @@ _check_setuptools()
 
 def get_requires_for_build_sdist(config_settings: ConfigSettings = None) -> list[str]:
     """An sdist carries the generated C: Cython unless it is already current."""
-    extra = [] if _c_is_current() else [CYTHON]
-    return [*_setuptools_requires_for_sdist(config_settings), *extra]
+    own = _setuptools().get_requires_for_build_sdist(config_settings)
+    return [*own, *([] if _c_is_current() else [CYTHON])]
 
 
 def get_requires_for_build_wheel(config_settings: ConfigSettings = None) -> list[str]:
     """Setuptools' own, plus Cython only when the C must be generated for a compiled build."""
-    return [
-        *build_meta.get_requires_for_build_wheel(config_settings),
-        *_cython_if_needed(config_settings),
-    ]
+    own = _setuptools().get_requires_for_build_wheel(config_settings)
+    return [*own, *_cython_if_needed(config_settings)]
 
 
 def get_requires_for_build_editable(config_settings: ConfigSettings = None) -> list[str]:
     """As for a wheel."""
-    return [
-        *build_meta.get_requires_for_build_editable(config_settings),
-        *_cython_if_needed(config_settings),
-    ]
+    own = _setuptools().get_requires_for_build_editable(config_settings)
+    return [*own, *_cython_if_needed(config_settings)]
+
+
+def prepare_metadata_for_build_wheel(
+    metadata_directory: str, config_settings: ConfigSettings = None
+) -> str:
+    """setuptools' own."""
+    meta = _setuptools()
+    return str(meta.prepare_metadata_for_build_wheel(metadata_directory, config_settings))
+
+
+def prepare_metadata_for_build_editable(
+    metadata_directory: str, config_settings: ConfigSettings = None
+) -> str:
+    """setuptools' own."""
+    meta = _setuptools()
+    return str(meta.prepare_metadata_for_build_editable(metadata_directory, config_settings))
 
 
 def build_sdist(sdist_directory: str, config_settings: ConfigSettings = None) -> str:
     """The sdist, with the generated C in it; reproducible given SOURCE_DATE_EPOCH."""
+    meta = _setuptools()
     _generate_c()
-    name = build_meta.build_sdist(sdist_directory, config_settings)
+    name = str(meta.build_sdist(sdist_directory, config_settings))
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch:
         _normalise_sdist(Path(sdist_directory) / name, int(epoch))
@@ -125,11 +124,12 @@ def build_wheel(
     metadata_directory: str | None = None,
 ) -> str:
     """A compiled wheel when possible, else the pure wheel with the reason recorded."""
+    meta = _setuptools()
 
     def build() -> str:
-        return build_meta.build_wheel(wheel_directory, config_settings, metadata_directory)
+        return str(meta.build_wheel(wheel_directory, config_settings, metadata_directory))
 
-    return _build(build, config_settings)
+    return _build(build, config_settings, editable=False)
 
 
 def build_editable(
@@ -137,15 +137,36 @@ def build_editable(
     config_settings: ConfigSettings = None,
     metadata_directory: str | None = None,
 ) -> str:
-    """As for a wheel, for ``pip install -e``."""
+    """As for a wheel, for ``pip install -e``: the record and the extension live in the tree."""
+    meta = _setuptools()
 
     def build() -> str:
-        return build_meta.build_editable(wheel_directory, config_settings, metadata_directory)
+        return str(meta.build_editable(wheel_directory, config_settings, metadata_directory))
 
-    return _build(build, config_settings)
+    return _build(build, config_settings, editable=True)
 
 
 # -- deciding -------------------------------------------------------------------------
+
+
+def _setuptools() -> ModuleType:
+    """setuptools' backend, once its version is known to be enough."""
+    floor = ".".join(map(str, SETUPTOOLS_FLOOR))
+    advice = f"pip install 'setuptools>={floor}' (or build with build isolation)"
+    try:
+        import setuptools
+        from setuptools import build_meta
+    except ImportError:
+        raise RuntimeError(f"leadership needs setuptools>={floor} to build: {advice}") from None
+    version = setuptools.__version__
+    if _release(version) < SETUPTOOLS_FLOOR:
+        raise RuntimeError(f"leadership needs setuptools>={floor}, found {version}: {advice}")
+    return build_meta
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The first three numbers of a version: "80.9.0" -> (80, 9, 0), "78.0.0rc1" -> (78, 0, 0)."""
+    return tuple(int(re.match(r"\d*", part).group() or 0) for part in version.split(".")[:3])  # type: ignore[union-attr]
 
 
 def _mode(config_settings: ConfigSettings) -> str:
@@ -224,30 +245,56 @@ def _probe() -> str | None:
 # -- building -------------------------------------------------------------------------
 
 
-def _build(build: Any, config_settings: ConfigSettings) -> str:
+def _build(build: Build, config_settings: ConfigSettings, *, editable: bool) -> str:
     mode = _mode(config_settings)
     if mode == "pure":
-        return _pure(build, UNIVERSAL)
+        return _pure(build, UNIVERSAL, editable)
     if opted_out():
-        return _pure(build, DELIBERATE)
+        if mode == "compiled":
+            raise RuntimeError(
+                f"leadership: implementation=compiled was asked for, but {OPT_OUT} is set"
+            )
+        return _pure(build, DELIBERATE, editable)
     cause = _probe()
     if cause is None:
+        RECORD.unlink(missing_ok=True)  # a pure build's, left in the tree
         try:
             _generate_c()
-            return str(build())
+            return build()
         except (Exception, SystemExit) as error:  # distutils reports a failed compile by exit
             if mode == "compiled":
                 raise
             cause = f"the C compiler failed ({_last_line(error)})"
     if mode == "compiled":
-        raise RuntimeError(f"leadership: a compiled build was required, but {cause}")
+        raise RuntimeError(f"leadership: a compiled build was asked for, but {cause}")
     warn_installer(fallback_warning(cause))
-    return _pure(build, f"unintended: {cause}")
+    return _pure(build, f"unintended: {cause}", editable)
 
 
-def _pure(build: Any, reason: str) -> str:
-    with _environment({PURE_BUILD: reason}):
-        return str(build())
+def _pure(build: Build, reason: str, editable: bool) -> str:
+    """A build without the extension, ``leadership/_pure_build.py`` saying why (``reason`` is
+    ``kind: cause``). An editable install keeps the record in the tree and loses any extension
+    built there before; a wheel takes the record along and leaves the tree as it was."""
+    RECORD.write_text(record_text(reason))
+    try:
+        with _environment({PURE_BUILD: reason}):
+            name = build()
+    finally:
+        if not editable:
+            RECORD.unlink(missing_ok=True)
+    if editable:
+        for stale in PYX.parent.glob("_clock.*.so"):
+            stale.unlink()
+    return name
+
+
+def record_text(reason: str) -> str:
+    """The text of ``leadership/_pure_build.py`` for a pure build's ``kind: cause``."""
+    kind, _, cause = reason.partition(": ")
+    return (
+        '"""Why this install of leadership is pure Python (written by its build)."""\n\n'
+        f"REASON = {cause!r}\nDELIBERATE = {kind == 'deliberate'!r}\n"
+    )
 
 
 def _generate_c() -> None:
@@ -287,28 +334,32 @@ def fallback_warning(cause: str) -> str:
     return (
         f"WARNING: leadership {version}: building the pure-Python implementation, because "
         f"{cause}.\n"
-        "WARNING: it is correct, but raised() is about 3x slower. For the compiled one, install "
-        "a C compiler and the Python headers (e.g. apt-get install gcc python3-dev), then run:\n"
-        f'WARNING:   pip install --no-cache-dir --force-reinstall --no-deps "leadership=={version}"'
-        "\n"
+        "WARNING: it is correct, but raised() is about 3.5x slower. For the compiled one, "
+        "install a C compiler and the Python headers (e.g. apt-get install gcc python3-dev), "
+        "then run (with your sdist's path instead of the name if you installed from a file):\n"
+        "WARNING:   pip install --no-cache-dir --force-reinstall --no-deps --no-binary "
+        f'leadership "leadership=={version}"\n'
     )
 
 
 def warn_installer(text: str) -> None:
-    """Write ``text`` to our stderr and to the installer's, where its user looks.
+    """Write ``text`` to our stderr and to the installer's terminal or pipe.
 
     pip shows a build backend's output only with ``-v`` (pypa/pip#6634), so the warning
-    also goes to the parent process's standard error when that is a different file from
-    ours (on Linux, through /proc; appended, so a log file is not overwritten).
+    also goes to the parent process's standard error (on Linux, through /proc) when that is
+    a terminal or a pipe other than ours. Never to a regular file (the installer writes it
+    at its own offset and would overwrite the warning) nor a socket; never blocking.
     """
     sys.stderr.write(text)
     sys.stderr.flush()
     with contextlib.suppress(OSError):
-        descriptor = os.open(f"/proc/{os.getppid()}/fd/2", os.O_WRONLY | os.O_APPEND)
+        descriptor = os.open(f"/proc/{os.getppid()}/fd/2", os.O_WRONLY | os.O_NONBLOCK)
         try:
             theirs, ours = os.fstat(descriptor), os.fstat(sys.stderr.fileno())
-            if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
-                os.write(descriptor, text.encode())
+            visible = os.isatty(descriptor) or stat.S_ISFIFO(theirs.st_mode)
+            if visible and (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
+                prefix = "\n" if os.isatty(descriptor) else ""  # after pip's spinner
+                os.write(descriptor, (prefix + text).encode())
         finally:
             os.close(descriptor)
 

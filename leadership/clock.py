@@ -19,12 +19,22 @@ TYPE_CHECKING = False  # not typing's: importing typing would be most of `import
 __all__ = ["IMPLEMENTATION", "Lease", "jittered", "now_ns", "opted_out"]
 
 OPT_OUT_VALUES = frozenset({"1", "true", "yes"})
-PACKAGE_DIRECTORY = os.path.dirname(os.path.abspath(__file__))
+PACKAGE_DIRECTORY = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def opted_out(value: str | None) -> bool:
     """Whether a ``LEADERSHIP_NO_EXTENSIONS`` value chooses the pure twin (1, true, yes)."""
     return (value or "").strip().lower() in OPT_OUT_VALUES
+
+
+def _requirement() -> str:
+    """``leadership==<installed version>``, or the bare name when none is installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"leadership=={version('leadership')}"
+    except PackageNotFoundError:
+        return "leadership"
 
 
 def fallback_reason(error: ImportError) -> tuple[str, bool]:
@@ -37,20 +47,28 @@ def fallback_reason(error: ImportError) -> tuple[str, bool]:
 
 
 def caller_outside_package() -> int:
-    """The ``stacklevel`` that attributes a warning to the first frame outside this package.
+    """The ``stacklevel`` that attributes a warning to the first frame of the user's code.
 
-    Counted from the caller of this function (level 1), skipping the import machinery's
-    frames as :func:`warnings.warn` does.
+    Counted from the caller of this function (level 1). Skips, as :func:`warnings.warn`
+    does, the import machinery's internal frames (uncounted), then this package's and the
+    import helpers' (``importlib.import_module``, ``runpy`` for ``python -m``): counted.
     """
     level, frame = 1, sys._getframe(1)
     while frame is not None:
         name = frame.f_code.co_filename
         if not ("importlib" in name and "_bootstrap" in name):
-            if not name.startswith(PACKAGE_DIRECTORY):
+            if not name.startswith(PACKAGE_DIRECTORY) and not _import_helper(name):
                 return level
             level += 1
         frame = frame.f_back  # type: ignore[assignment]
     return level
+
+
+def _import_helper(filename: str) -> bool:
+    """Whether a frame's file imports on someone's behalf (``importlib``, ``runpy``)."""
+    return filename in ("<frozen runpy>", "<frozen importlib>") or filename.endswith(
+        (os.sep + os.path.join("importlib", "__init__.py"), os.sep + "runpy.py")
+    )
 
 
 if TYPE_CHECKING or opted_out(os.environ.get("LEADERSHIP_NO_EXTENSIONS")):
@@ -68,8 +86,9 @@ else:
             warnings.warn(
                 f"leadership: using the pure-Python lease clock, because {reason}; raised() is "
                 "about 3.5x slower. For the compiled one, with a C compiler and the Python "
-                "headers: pip install --no-cache-dir --force-reinstall --no-deps leadership. "
-                "To choose the pure one knowingly, set LEADERSHIP_NO_EXTENSIONS=1.",
+                "headers: pip install --no-cache-dir --force-reinstall --no-deps --no-binary "
+                f'leadership "{_requirement()}". To choose the pure one knowingly, '
+                "set LEADERSHIP_NO_EXTENSIONS=1.",
                 RuntimeWarning,
                 stacklevel=caller_outside_package(),
             )

@@ -214,7 +214,10 @@ def _status(args: argparse.Namespace) -> int:
         )
     if len(table) == 1:
         print("(no flags)")
-    print(f"(table {listing.table}; times on the database clock)")
+    handle = handle_of(args)
+    sqlite = isinstance(handle, str) and handle.startswith("sqlite:")
+    clock = "the host's boot clock" if sqlite else "the database clock"
+    print(f"(table {listing.table}; times on {clock})")
     return 0
 
 

@@ -99,6 +99,24 @@ class Timing:
         interval, jitter, timeout = self._values()
         return f"Timing({interval=}, {jitter=}, {timeout=})"
 
+    def __reduce__(self) -> tuple[type[Timing], tuple[float, float, float]]:
+        """Pickled (and copied) by its values, validated again when loaded."""
+        return Timing, self._values()
+
+    def __copy__(self) -> Timing:
+        return self  # immutable
+
+    def __deepcopy__(self, memo: object) -> Timing:
+        return self
+
+    def replace(self, **changes: float) -> Timing:
+        """A Timing with some values changed (validated), as ``dataclasses.replace`` did."""
+        values = dict(zip(("interval", "jitter", "timeout"), self._values(), strict=True))
+        unknown = set(changes) - set(values)
+        if unknown:
+            raise TypeError(f"Timing has no field {sorted(unknown)[0]!r}")
+        return Timing(**{**values, **changes})
+
     @property
     def max_timeout(self) -> float:
         """The largest timeout the rule allows for this interval and jitter."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
+import pickle
 import shutil
 import socket
 import subprocess
@@ -392,3 +394,18 @@ def test_sqlite_file_in_a_missing_directory_fails_build(tmp_path: Path) -> None:
     with pytest.raises(leadership.StoreUnavailable) as caught:
         builder(f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'flags.db'}").build()
     assert "flags.db" in str(caught.value)
+
+
+def test_timing_copies_pickles_and_replaces_by_value() -> None:
+    """Timing is a plain immutable class (not a dataclass, for import cost): it still copies,
+    pickles and replaces as the frozen dataclass it was did, validating again."""
+    timing = Timing(interval=4, jitter=0.1, timeout=0.5)
+    assert copy.copy(timing) is timing and copy.deepcopy(timing) is timing
+    assert pickle.loads(pickle.dumps(timing)) == timing
+    assert timing.replace(timeout=0.25) == Timing(interval=4, jitter=0.1, timeout=0.25)
+    with pytest.raises(leadership.ConfigurationError, match="timeout"):
+        timing.replace(timeout=10)
+    with pytest.raises(TypeError, match="'lease'"):
+        timing.replace(lease=1)
+    with pytest.raises(AttributeError, match="immutable"):
+        timing.interval = 1

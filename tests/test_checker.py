@@ -155,6 +155,17 @@ def test_a_stall_splits_the_run_and_records_the_calls_after_it(tmp_path: Path) -
     assert not any(a < stall_start + 10 * MS and b > stall_end - 10 * MS for a, b in held)
 
 
+def wait_until_stopped(pid: int, seconds: float = 10.0) -> None:
+    """Until the kernel reports ``pid`` stopped (state T in /proc/PID/stat)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state in ("T", "t"):
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"process {pid} did not stop within {seconds:g} s")
+
+
 def test_sigkill_loses_nothing_already_written(tmp_path: Path) -> None:
     path = tmp_path / "victim.log"
     code = textwrap.dedent(
@@ -171,6 +182,7 @@ def test_sigkill_loses_nothing_already_written(tmp_path: Path) -> None:
         ):
             time.sleep(0.01)
         child.send_signal(signal.SIGSTOP)
+        wait_until_stopped(child.pid)  # the signal is asynchronous: a write may still land
         written = path.stat().st_size
         killed_at = time.monotonic_ns()
         child.send_signal(signal.SIGKILL)

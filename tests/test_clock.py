@@ -268,22 +268,35 @@ def test_an_unintended_pure_build_warns_with_its_recorded_cause(
     assert selector.IMPLEMENTATION == "python"
 
 
-USER_SCRIPT = "import leadership  # the user's import\nprint(leadership.IMPLEMENTATION)\n"
+IMPORTS = {
+    "import": "import leadership  # the user's import\nprint(leadership.IMPLEMENTATION)\n",
+    "import_module": (
+        "import importlib\n"
+        "print(importlib.import_module('leadership').IMPLEMENTATION)  # the user's import\n"
+    ),
+    # a module of the user's whose name starts like the package's directory
+    "sibling": "import leadership_jobs  # the user's import\n",
+}
 
 
-def test_the_import_warning_points_at_the_users_import(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", sorted(IMPORTS))
+def test_the_import_warning_points_at_the_users_import(tmp_path: Path, how: str) -> None:
     """In a copy of the package without its extension, the warning names the user's file and
-    line, not a module of ours."""
+    line, not a module of ours nor the import machinery."""
     root = Path(leadership.__file__).parent
-    copy = tmp_path / "site" / "leadership"
+    site = tmp_path / "site"
     shutil.copytree(
-        root, copy, ignore=shutil.ignore_patterns("*.so", "_pure_build.py", "__pycache__")
+        root,
+        site / "leadership",
+        ignore=shutil.ignore_patterns("*.so", "_pure_build.py", "__pycache__"),
     )
+    (site / "leadership_jobs.py").write_text(IMPORTS["import"])
     script = tmp_path / "app.py"
-    script.write_text(USER_SCRIPT)
+    script.write_text(IMPORTS[how])
+    importer = site / "leadership_jobs.py" if how == "sibling" else script
     # -S: no site start-up, so no editable-install finder maps leadership._clock back to the
     # checkout; the dependencies come from site-packages on the path, after the copy.
-    path = os.pathsep.join([str(copy.parent), sysconfig.get_paths()["purelib"]])
+    path = os.pathsep.join([str(site), sysconfig.get_paths()["purelib"]])
     env = {**os.environ, "PYTHONPATH": path}
     env.pop("LEADERSHIP_NO_EXTENSIONS", None)
     done = subprocess.run(
@@ -296,9 +309,11 @@ def test_the_import_warning_points_at_the_users_import(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "python"
-    assert done.stderr.startswith(f"{script}:1: RuntimeWarning: leadership: using the pure"), (
-        done.stderr
+    line = 1 + importer.read_text().splitlines().index(
+        next(text for text in importer.read_text().splitlines() if "the user's import" in text)
     )
+    expected = f"{importer}:{line}: RuntimeWarning: leadership: using the pure"
+    assert done.stderr.startswith(expected), done.stderr
     assert done.stderr.count("RuntimeWarning") == 1
 
 

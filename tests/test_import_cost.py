@@ -121,7 +121,7 @@ def test_a_postgresql_dsn_imports_pg8000(pg_dsn: str) -> None:
 @pytest.mark.slow
 def test_import_cost_gate(tmp_path: Path) -> None:
     """``benchmarks/import_cost.py`` passes its gate: import leadership / import sqlite3
-    <= 1.5 and ``python -m leadership --help`` under 0.1 s (medians of fresh processes)."""
+    <= 1.5 (medians of fresh processes; ``--help`` is reported, not gated)."""
     results = tmp_path / "import_cost.json"
     done = subprocess.run(
         [sys.executable, "benchmarks/import_cost.py", "--runs", "21", "--json", str(results)],

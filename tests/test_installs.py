@@ -275,3 +275,26 @@ def test_the_sdist_holds_the_generated_c_and_what_the_tests_need(sdist: Path) ->
     ):
         assert needed in names, f"{needed} is missing from the sdist"
     assert not [name for name in names if name.endswith((".so", ".pyc"))], names
+
+
+def test_editable_installs_record_their_choice_in_the_tree(tmp_path: Path) -> None:
+    """``pip install -e``: the record lives in the source tree, and a pure build removes an
+    extension built there before (else it would still be imported)."""
+    from harness.dist import copy_checkout
+
+    tree = copy_checkout(tmp_path / "checkout")
+    venv = Venv(tmp_path / "venv")
+    run([sys.executable, "-m", "venv", str(venv.path)])
+    online = {**os.environ, "PIP_NO_CACHE_DIR": "1"}
+    online.pop("LEADERSHIP_NO_EXTENSIONS", None)
+    venv.pip("install", "--editable", str(tree), env=online)
+    assert venv.app().stdout.strip() == "compiled"
+    venv.pip("install", "--editable", str(tree), env={**online, "LEADERSHIP_NO_EXTENSIONS": "1"})
+    assert (tree / "leadership" / "_pure_build.py").exists()
+    assert not list((tree / "leadership").glob("_clock.*.so"))
+    app = venv.app()
+    assert (app.stdout.strip(), app.stderr) == ("python", ""), "a deliberate build is silent"
+    venv.pip("install", "--editable", str(tree), env=online)
+    assert not (tree / "leadership" / "_pure_build.py").exists()
+    app = venv.app()
+    assert (app.stdout.strip(), app.stderr) == ("compiled", "")
