@@ -92,8 +92,8 @@ def test_separate_registries_are_separate(
 ) -> None:
     one, two = CollectorRegistry(), CollectorRegistry()
     a = make_flag(sqlite_dsn, "a", **with_metrics(one))
+    assert a.wait_raised(2)  # before "b" exists: both contend for the one flag
     make_flag(sqlite_dsn, "b", **with_metrics(two))
-    assert a.wait_raised(2)
     assert sample(one, STATE, flag_name, "a") == 1.0
     assert sample(one, STATE, flag_name, "b") is None
     assert sample(two, STATE, flag_name, "a") is None

@@ -11,7 +11,6 @@ import sys
 import textwrap
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import leadership
-from tests.conftest import MakeFlag
+from tests.conftest import MakeFlag, forks_a_threaded_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,6 +130,7 @@ def test_close_on_signals_refuses_other_threads() -> None:
 # --- fork ------------------------------------------------------------------------------
 
 
+@forks_a_threaded_process
 def test_a_forked_child_sees_its_flag_closed_in_every_respect(
     sqlite_dsn: str, make_flag: MakeFlag
 ) -> None:
@@ -138,10 +138,8 @@ def test_a_forked_child_sees_its_flag_closed_in_every_respect(
     assert flag.wait_raised(timeout=2.0)
     # Fork while this thread holds the locks the renewal thread and waiters use: the
     # child must not inherit them held.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork of a threaded process
-        with flag._campaign._lock, flag._waiters._condition:
-            pid = os.fork()
+    with flag._campaign._lock, flag._waiters._condition:
+        pid = os.fork()
     if pid == 0:  # the child: report through the exit status only
         status = 0
         try:

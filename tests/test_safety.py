@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 import leadership
 from harness.proxy import TcpProxy
 from leadership.clock import now_ns
-from tests.conftest import MakeFlag, admin_connect
+from tests.conftest import MakeFlag, admin_connect, forks_a_threaded_process
 from tests.history import OverlapWatch, wait_for
 from tests.rows import create_table, read_row, sqlite_path
 
@@ -418,6 +418,7 @@ def test_renewal_with_a_lost_reply_does_not_lower_the_flag(
     assert "process names must be unique" not in caplog.text
 
 
+@forks_a_threaded_process
 def test_fork_child_sees_the_flag_lowered(
     any_dsn: str, make_flag: MakeFlag, flag_name: str
 ) -> None:
@@ -448,6 +449,7 @@ def test_fork_child_sees_the_flag_lowered(
     assert after.age < INTERVAL, "the parent's row was released by the child"
 
 
+@forks_a_threaded_process
 def test_fork_child_can_build_its_own_flag(
     any_dsn: str, make_flag: MakeFlag, flag_name: str
 ) -> None:
