@@ -93,7 +93,7 @@ def call_costs(
     )
 
 
-def allocation_peak(statement: str, namespace: dict[str, Any], calls: int, tries: int = 3) -> int:
+def allocation_peak(statement: str, namespace: dict[str, Any], calls: int, tries: int = 7) -> int:
     """Bytes by which tracemalloc's peak rose over ``calls`` runs of ``statement``.
 
     Any allocation made by the statement raises the peak above the starting level, even
