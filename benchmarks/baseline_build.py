@@ -9,6 +9,7 @@ compiler's output when the build fails.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import os
 import subprocess
 import sys
@@ -36,8 +37,9 @@ setup(
 
 
 def _built(name: str, directory: Path) -> Path | None:
-    found = sorted(directory.glob(f"{name}.*.so")) + sorted(directory.glob(f"{name}.*.pyd"))
-    return found[0] if found else None
+    """The module built for this interpreter (its extension suffix: other Pythons' differ)."""
+    found = [directory / (name + suffix) for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+    return next((path for path in found if path.exists()), None)
 
 
 def load_modules(sources: list[Path], directory: Path = BUILD) -> list[ModuleType]:
