@@ -43,6 +43,24 @@ class Flag(Lease):
     the flag, then releases the row so another process can take it at once.
     """
 
+    # No instance __dict__: CPython 3.12+ specialises a method call on an instance with a
+    # __dict__ of its own (this class's, over the compiled Lease) less well, and raised()
+    # cost twice the clock floor there (benchmarks/RESULTS.md, "Python versions").
+    __slots__ = (
+        "__weakref__",
+        "_callbacks",
+        "_campaign",
+        "_closed",
+        "_logger",
+        "_metrics",
+        "_owner_pid",
+        "_store",
+        "_waiters",
+        "name",
+        "process",
+        "timing",
+    )
+
     def __init__(
         self,
         *,
