@@ -27,6 +27,7 @@ user that the package needs Python 3.10), so it evaluates no newer syntax at run
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import io
 import os
@@ -67,7 +68,7 @@ SETUPTOOLS_FLOOR = (77, 0, 1)
 """The first setuptools that reads pyproject.toml's SPDX ``license`` string (76.1 cannot)."""
 
 ConfigSettings = Optional[Mapping[str, Any]]  # noqa: UP045 (evaluated at run time)
-Build = Callable[[], str]
+Build = Callable[[], Any]  # a setuptools hook bound to its arguments: returns the file's name
 
 
 # -- the PEP 517 hooks ------------------------------------------------------------------
@@ -124,12 +125,12 @@ def build_wheel(
     metadata_directory: str | None = None,
 ) -> str:
     """A compiled wheel when possible, else the pure wheel with the reason recorded."""
-    meta = _setuptools()
-
-    def build() -> str:
-        return str(meta.build_wheel(wheel_directory, config_settings, metadata_directory))
-
-    return _build(build, config_settings, editable=False)
+    build = _setuptools().build_wheel
+    return _build(
+        functools.partial(build, wheel_directory, config_settings, metadata_directory),
+        config_settings,
+        editable=False,
+    )
 
 
 def build_editable(
@@ -138,12 +139,12 @@ def build_editable(
     metadata_directory: str | None = None,
 ) -> str:
     """As for a wheel, for ``pip install -e``: the record and the extension live in the tree."""
-    meta = _setuptools()
-
-    def build() -> str:
-        return str(meta.build_editable(wheel_directory, config_settings, metadata_directory))
-
-    return _build(build, config_settings, editable=True)
+    build = _setuptools().build_editable
+    return _build(
+        functools.partial(build, wheel_directory, config_settings, metadata_directory),
+        config_settings,
+        editable=True,
+    )
 
 
 # -- deciding -------------------------------------------------------------------------
@@ -179,7 +180,10 @@ def _mode(config_settings: ConfigSettings) -> str:
 
 
 def opted_out(environ: Mapping[str, str] = os.environ) -> bool:
-    """Whether ``LEADERSHIP_NO_EXTENSIONS`` holds one of the documented values."""
+    """Whether ``LEADERSHIP_NO_EXTENSIONS`` holds one of the documented values.
+
+    The twin of ``leadership.clock.opted_out`` (the build cannot import the package).
+    """
     return environ.get(OPT_OUT, "").strip().lower() in OPT_OUT_VALUES
 
 
@@ -260,7 +264,7 @@ def _build(build: Build, config_settings: ConfigSettings, *, editable: bool) -> 
         RECORD.unlink(missing_ok=True)  # a pure build's, left in the tree
         try:
             _generate_c()
-            return build()
+            return str(build())
         except (Exception, SystemExit) as error:  # distutils reports a failed compile by exit
             if mode == "compiled":
                 raise
@@ -278,7 +282,7 @@ def _pure(build: Build, reason: str, editable: bool) -> str:
     RECORD.write_text(record_text(reason))
     try:
         with _environment({PURE_BUILD: reason}):
-            name = build()
+            name = str(build())
     finally:
         if not editable:
             RECORD.unlink(missing_ok=True)

@@ -195,10 +195,7 @@ def install_offline(python: Path, build: Build, version: str, scratch: Path) -> 
     for wheel in (build.wheels[version], build.wheels["pure"]):
         shutil.copy2(wheel, house)
     run([str(python), "-m", "venv", str(venv)], os.environ)
-    offline = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_CACHE_DIR": "1"}
-    for name in ("PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PYTHONPATH",
-                 "LEADERSHIP_NO_EXTENSIONS"):  # fmt: skip
-        offline.pop(name, None)
+    offline = offline_environment()
     installed = run(
         [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-index", "--find-links",
          str(house), "leadership"],
@@ -207,6 +204,16 @@ def install_offline(python: Path, build: Build, version: str, scratch: Path) -> 
     if "WARNING" in installed:
         raise Failed(f"the offline install on {version} warned:\n{installed}")
     return run([str(venv / "bin" / "python"), "-c", SMOKE], offline, scratch).strip()
+
+
+def offline_environment() -> dict[str, str]:
+    """This environment as an air-gapped install sees it: no pip configuration (files or
+    variables naming an index or links), no cache, no opt-out, nothing on PYTHONPATH."""
+    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_CACHE_DIR": "1"}
+    for name in ("PIP_FIND_LINKS", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PYTHONPATH",
+                 "LEADERSHIP_NO_EXTENSIONS"):  # fmt: skip
+        env.pop(name, None)
+    return env
 
 
 _REQUIRES = """

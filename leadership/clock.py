@@ -23,7 +23,12 @@ PACKAGE_DIRECTORY = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def opted_out(value: str | None) -> bool:
-    """Whether a ``LEADERSHIP_NO_EXTENSIONS`` value chooses the pure twin (1, true, yes)."""
+    """Whether a ``LEADERSHIP_NO_EXTENSIONS`` value chooses the pure twin (1, true, yes).
+
+    The build backend has its twin (build_backend/leadership_build.py, which cannot import
+    the package); tests/test_build_backend.py and tests/test_clock.py check each against the
+    documented values.
+    """
     return (value or "").strip().lower() in OPT_OUT_VALUES
 
 

@@ -309,9 +309,8 @@ def test_the_import_warning_points_at_the_users_import(tmp_path: Path, how: str)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "python"
-    line = 1 + importer.read_text().splitlines().index(
-        next(text for text in importer.read_text().splitlines() if "the user's import" in text)
-    )
+    lines = importer.read_text().splitlines()
+    line = next(number for number, text in enumerate(lines, 1) if "the user's import" in text)
     expected = f"{importer}:{line}: RuntimeWarning: leadership: using the pure"
     assert done.stderr.startswith(expected), done.stderr
     assert done.stderr.count("RuntimeWarning") == 1

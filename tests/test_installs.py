@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import leadership
+from harness.dist import offline_environment
 from tests.conftest import require
 
 pytestmark = pytest.mark.slow
@@ -47,11 +48,8 @@ def dependencies() -> list[str]:
 
 
 def offline() -> dict[str, str]:
-    """The environment of an offline install: no pip configuration, no cache, no opt-out."""
-    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_NO_CACHE_DIR": "1"}
-    for name in ("LEADERSHIP_NO_EXTENSIONS", "PIP_FIND_LINKS", "PIP_INDEX_URL", "PYTHONPATH"):
-        env.pop(name, None)
-    return env
+    """The environment of an offline install (harness.dist's, which checks the wheels)."""
+    return offline_environment()
 
 
 def run(command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
