@@ -18,7 +18,7 @@ from __future__ import annotations
 # by the async methods; signal by close_on_signals. Modules on this path write
 # ``TYPE_CHECKING = False`` instead of importing it: typing, with the re and enum it
 # imports, costs more to import than the whole package.
-from .builder import FlagBuilder, new_flag
+from .builder import FlagBuilder, GroupBuilder, new_flag, new_group
 from .clock import IMPLEMENTATION
 from .errors import (
     ConfigurationError,
@@ -31,12 +31,18 @@ from .flag import Flag
 from .signals import close_on_signals
 from .timing import SAFETY_MARGIN
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see below)
+if TYPE_CHECKING:
+    from .group import FlagGroup
+
 __all__ = [
     "IMPLEMENTATION",
     "SAFETY_MARGIN",
     "ConfigurationError",
     "Flag",
     "FlagBuilder",
+    "FlagGroup",
+    "GroupBuilder",
     "LeadershipError",
     "LeadershipLost",
     "SchemaError",
@@ -44,7 +50,18 @@ __all__ = [
     "__version__",
     "close_on_signals",
     "new_flag",
+    "new_group",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``FlagGroup``, imported on first use (it brings the renewal loop with it)."""
+    if name == "FlagGroup":
+        from .group import FlagGroup
+
+        return FlagGroup
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 """The package version (the only place it is written; pyproject.toml reads it)."""

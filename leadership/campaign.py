@@ -1,5 +1,9 @@
 """The renewal loop of one flag: acquire or renew, update the lease, wait, repeat; release.
 
+A :class:`Contender` makes every decision about one flag's lease; a :class:`Campaign`
+runs one on a thread of its own (a single flag), a :class:`leadership.group.FlagGroup`
+runs many on one thread, with one statement per tick.
+
 Only this loop extends the lease. It lowers the lease at once when the row shows
 another holder, and leaves it alone after a failed attempt: the lease deadline alone
 ends leadership when renewals keep failing. The store, the lease clock and the jitter
@@ -13,10 +17,10 @@ import os
 import select
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .clock import jittered, now_ns
-from .store import HoldLost, Observation, OutcomeUnknown, Store, describe_error
+from .store import HoldLost, Mine, Observation, OutcomeUnknown, Store, describe_error
 from .tenure import Tenure
 from .timing import SAFETY_MARGIN, Timing
 
@@ -25,7 +29,7 @@ if TYPE_CHECKING:
 
     from .metrics import FlagMetrics  # imported by the builder, only when metrics are on
 
-__all__ = ["Campaign", "LeaseControl"]
+__all__ = ["Campaign", "Contender", "LeaseControl"]
 
 WAKE_AFTER_EXPIRY = 0.002
 """Seconds a waiting instance adds to the row's expiry before trying to take it."""
@@ -44,8 +48,8 @@ class LeaseControl(Protocol):
     def _lower(self) -> None: ...
 
 
-class Campaign:
-    """Contends for one flag on a daemon thread until ``stop()``.
+class Contender:
+    """Every decision about one flag's lease, driven by a thread that owns ``store``.
 
     ``precheck`` (optional) is asked before every attempt: when it returns False or
     raises, the flag is lowered and released and the instance does not contend until
@@ -53,9 +57,17 @@ class Campaign:
     raised state or the term. ``clock`` reads the lease clock (ns) and ``jitter``
     spreads waits; both default to :mod:`leadership.clock`'s.
 
-    Without ``start()``, :meth:`step` and :meth:`finish` drive the same decisions
-    synchronously (for tests).
+    The driving thread calls :meth:`step` (or :meth:`plan`, then :meth:`begin` before
+    its own attempt and :meth:`outcome` or :meth:`failure` after it) and waits the
+    seconds returned; other threads only :meth:`resign`, read, or ask it to stop.
     """
+
+    __slots__ = (
+        "__weakref__", "_changed", "_clock", "_duplicate_reported", "_exchange",
+        "_failures", "_jitter", "_lease", "_lock", "_logger", "_metrics", "_name",
+        "_precheck", "_precheck_refused", "_process", "_reported", "_resign_for",
+        "_stopping", "_store", "_tenure", "_timing",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -92,12 +104,6 @@ class Campaign:
         self._precheck_refused = False
         self._failures = 0  # consecutive failed attempts
         self._exchange: tuple[int, int, float] | None = None  # last write: sent, received, at
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(self._wake_write, False)
-        self._pipe_open = True
-        self._pipe_lock = threading.Lock()  # no write to a closed (maybe reused) descriptor
-        self._thread = threading.Thread(target=self._run, name=f"leadership {name}", daemon=True)
 
     @property
     def term_start(self) -> int | None:
@@ -110,27 +116,9 @@ class Campaign:
         with self._lock:
             return self._tenure.versions()
 
-    def start(self) -> None:
-        """Watch the flag's row and start the loop (a failed watch is retried by the
-        store with its next connection)."""
-        try:
-            self._store.watch(self._name, self._timing.interval)
-        except Exception as error:
-            self._logger.warning("flag %r: watch failed: %s", self._name, describe_error(error))
-        self._thread.start()
-
-    def stop(self, wait: float) -> None:
-        """Lower the lease, ask the loop to release and finish, and wait up to ``wait`` s."""
-        with self._lock:
-            self._stopping = True
-            self._lease._lower()
-        self._wake()
-        if self._thread is threading.current_thread():
-            return
-        if self._thread.ident is not None:
-            self._thread.join(wait)
-        if not self._thread.is_alive():
-            self._close_pipe()
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     def resign(self, seconds: float) -> None:
         """Lower now, release the row and stand aside for ``seconds`` (any thread)."""
@@ -139,53 +127,14 @@ class Campaign:
             self._lease._lower()
         self._wake()
 
-    def forget_after_fork(self) -> None:
-        """In a forked child: stopped, holding nothing, with fresh locks (a parent thread
-        may have held the old ones at the fork) and without the parent's wake pipe."""
-        self._lock = threading.Lock()
-        self._pipe_lock = threading.Lock()
-        self._tenure = Tenure()
-        self._stopping = True
-        self._close_pipe()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
-    def _wake(self) -> None:
-        with self._pipe_lock:
-            if self._pipe_open:
-                with contextlib.suppress(BlockingIOError):  # a full pipe wakes it anyway
-                    os.write(self._wake_write, b"!")
-
-    def _close_pipe(self) -> None:
-        with self._pipe_lock:
-            if self._pipe_open:
-                self._pipe_open = False
-                os.close(self._wake_read)
-                os.close(self._wake_write)
-
-    def _run(self) -> None:
-        try:
-            while not self._stopping:
-                delay = self.step()
-                self._changed()
-                if not self._stopping:
-                    self._wait(delay)
-        finally:
-            self.finish()
-            self._changed()
-
-    def _wait(self, seconds: float) -> None:
-        """Let the store wait; if even that fails, sleep on the wake pipe alone."""
-        try:
-            self._store.wait(seconds, self._wake_read)
-        except Exception as error:
-            self._logger.error("flag %r: wait failed: %s", self._name, describe_error(error))
-            select.select([self._wake_read], [], [], seconds)
-
     def step(self) -> float:
         """Do what is due now; return the seconds to wait before the next step."""
+        delay = self.plan()
+        return self._contend() if delay is None else delay
+
+    def plan(self) -> float | None:
+        """Act on a resignation or a refusing precheck (stepping aside) and return the
+        seconds before the next step; None when the flag should contend now."""
         with self._lock:
             resign_for, self._resign_for = self._resign_for, None
         if resign_for is not None:
@@ -194,14 +143,7 @@ class Campaign:
         if self._precheck is not None and not self._precheck_passes():
             self._step_aside("the precheck said no")
             return self._jitter(self._timing.renew_every, self._timing.jitter)
-        return self._contend()
-
-    def finish(self) -> None:
-        """Lower, release the row if held, and close the store (the loop's last act)."""
-        with self._lock:
-            self._stopping = True
-        self._step_aside("closed")
-        self._store.close()
+        return None
 
     def _precheck_passes(self) -> bool:
         assert self._precheck is not None
@@ -220,17 +162,26 @@ class Campaign:
                 self._logger.info("flag %r: precheck says no, not contending", self._name)
         return passed
 
-    def _contend(self) -> float:
-        """Acquire or renew once; return the seconds to wait before the next step."""
-        started = self._clock()
+    def begin(self) -> Mine | None:
+        """An attempt is about to be sent: what this instance may have written to the row
+        (None when it holds nothing)."""
         with self._lock:
             self._tenure.sending()
-            mine = self._tenure.mine()
-        try:
-            seen = self._store.acquire_or_renew(
-                self._name, self._process, mine, self._timing.interval
-            )
-        except HoldLost as error:
+            return self._tenure.mine()
+
+    def outcome(self, seen: Observation, started: int, received: int) -> float:
+        """What the attempt sent at ``started`` (lease clock) found, answered at
+        ``received``; return the seconds to wait before the next attempt."""
+        self._failures = 0
+        if self._metrics:
+            self._metrics.check_took((received - started) / 1e9)
+        if seen.acquired:
+            return self._delay_after_win(seen, started, received)
+        return self._delay_after_loss(seen)
+
+    def failure(self, error: Exception) -> float:
+        """The attempt failed with ``error``; return the seconds to wait before the next."""
+        if isinstance(error, HoldLost):
             with self._lock:
                 self._tenure.end()
                 self._lease._lower()
@@ -239,21 +190,24 @@ class Campaign:
             )
             self._report(str(error))
             return FIRST_RETRY
-        except OutcomeUnknown as error:
-            with self._lock:
+        with self._lock:
+            if isinstance(error, OutcomeUnknown):
                 self._tenure.unanswered()
-            return self._delay_after_failure(error)
-        except Exception as error:
-            with self._lock:
+            else:
                 self._tenure.refused()
-            return self._delay_after_failure(error)
-        received = self._clock()
-        self._failures = 0
-        if self._metrics:
-            self._metrics.check_took((received - started) / 1e9)
-        if seen.acquired:
-            return self._delay_after_win(seen, started, received)
-        return self._delay_after_loss(seen)
+        return self._delay_after_failure(error)
+
+    def _contend(self) -> float:
+        """Acquire or renew once; return the seconds to wait before the next step."""
+        started = self._clock()
+        mine = self.begin()
+        try:
+            seen = self._store.acquire_or_renew(
+                self._name, self._process, mine, self._timing.interval
+            )
+        except Exception as error:
+            return self.failure(error)
+        return self.outcome(seen, started, self._clock())
 
     def _delay_after_failure(self, error: Exception) -> float:
         timing = self._timing
@@ -356,21 +310,31 @@ class Campaign:
 
     def _step_aside(self, why: str) -> None:
         """Lower the lease and release the row if this instance holds it."""
-        with self._lock:
-            self._lease._lower()
-            mine = self._tenure.end()
-        self._report(why)
+        mine = self.retire(why)
         if mine is None:
             return
         try:
             released = self._store.release(self._name, self._process, mine, self._timing.interval)
         except Exception as error:
-            self._logger.error(
-                "flag %r: release failed (others wait for the lease to expire): %s",
-                self._name,
-                describe_error(error),
-            )
+            self.release_failed(error)
             return
+        self.released(mine, released, why)
+
+    @property
+    def held(self) -> bool:
+        """Whether this instance holds the row (as far as the driving thread knows)."""
+        return self._tenure.held
+
+    def retire(self, why: str) -> Mine | None:
+        """Lower the lease and end the term; return what to release (None: nothing)."""
+        with self._lock:
+            self._lease._lower()
+            mine = self._tenure.end()
+        self._report(why)
+        return mine
+
+    def released(self, mine: Mine, released: bool, why: str) -> None:
+        """Log the outcome of releasing ``mine`` (see :meth:`retire`)."""
         if released:
             self._logger.info("flag %r released by %r (%s)", self._name, self._process, why)
         else:
@@ -381,3 +345,105 @@ class Campaign:
                 mine.last.version,
                 self._process,
             )
+
+    def release_failed(self, error: Exception) -> None:
+        """Log a release that failed: others wait for the lease to expire."""
+        self._logger.error(
+            "flag %r: release failed (others wait for the lease to expire): %s",
+            self._name,
+            describe_error(error),
+        )
+
+    def _wake(self) -> None:
+        """Wake the thread driving this contender (see the subclasses)."""
+        raise NotImplementedError
+
+
+class Campaign(Contender):
+    """Contends for one flag on a daemon thread of its own until ``stop()``: the
+    :class:`Contender`'s decisions, with a wake pipe and the loop around them.
+
+    Without ``start()``, :meth:`step` and :meth:`finish` drive the same decisions
+    synchronously (for tests).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._pipe_open = True
+        self._pipe_lock = threading.Lock()  # no write to a closed (maybe reused) descriptor
+        self._thread = threading.Thread(
+            target=self._run, name=f"leadership {self._name}", daemon=True
+        )
+
+    def start(self) -> None:
+        """Watch the flag's row and start the loop (a failed watch is retried by the
+        store with its next connection)."""
+        try:
+            self._store.watch(self._name, self._timing.interval)
+        except Exception as error:
+            self._logger.warning("flag %r: watch failed: %s", self._name, describe_error(error))
+        self._thread.start()
+
+    def stop(self, wait: float) -> None:
+        """Lower the lease, ask the loop to release and finish, and wait up to ``wait`` s."""
+        with self._lock:
+            self._stopping = True
+            self._lease._lower()
+        self._wake()
+        if self._thread is threading.current_thread():
+            return
+        if self._thread.ident is not None:
+            self._thread.join(wait)
+        if not self._thread.is_alive():
+            self._close_pipe()
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: stopped, holding nothing, with fresh locks (a parent thread
+        may have held the old ones at the fork) and without the parent's wake pipe."""
+        self._lock = threading.Lock()
+        self._pipe_lock = threading.Lock()
+        self._tenure = Tenure()
+        self._stopping = True
+        self._close_pipe()
+
+    def _wake(self) -> None:
+        with self._pipe_lock:
+            if self._pipe_open:
+                with contextlib.suppress(BlockingIOError):  # a full pipe wakes it anyway
+                    os.write(self._wake_write, b"!")
+
+    def _close_pipe(self) -> None:
+        with self._pipe_lock:
+            if self._pipe_open:
+                self._pipe_open = False
+                os.close(self._wake_read)
+                os.close(self._wake_write)
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping:
+                delay = self.step()
+                self._changed()
+                if not self._stopping:
+                    self._wait(delay)
+        finally:
+            self.finish()
+            self._changed()
+
+    def _wait(self, seconds: float) -> None:
+        """Let the store wait; if even that fails, sleep on the wake pipe alone."""
+        try:
+            self._store.wait(seconds, self._wake_read)
+        except Exception as error:
+            self._logger.error("flag %r: wait failed: %s", self._name, describe_error(error))
+            select.select([self._wake_read], [], [], seconds)
+
+    def finish(self) -> None:
+        """Lower, release the row if held, and close the store (the loop's last act)."""
+        with self._lock:
+            self._stopping = True
+        self._step_aside("closed")
+        self._store.close()

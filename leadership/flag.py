@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from .callbacks import Callback
+    from .group import FlagGroup
     from .metrics import FlagMetrics
     from .store import DBAPIConnection, Store
     from .timing import Timing
@@ -36,7 +37,8 @@ _live: weakref.WeakSet[Flag] = weakref.WeakSet()
 
 
 class Flag(Lease):
-    """A distributed leadership flag; build one with :func:`leadership.new_flag`.
+    """A distributed leadership flag; build one with :func:`leadership.new_flag`, or
+    get one from a group (:meth:`leadership.FlagGroup.flag`).
 
     ``raised()`` is True only while this instance holds the flag's row and its local
     lease has not run out; it never blocks, raises or takes a lock. ``close()`` lowers
@@ -73,9 +75,11 @@ class Flag(Lease):
         precheck: Callable[[], bool] | None = None,
         on_raised: Callback | None = None,
         on_lowered: Callback | None = None,
+        group: FlagGroup | None = None,
     ) -> None:
         with IMPORTING:  # the first flag imports the renewal loop and the store module
             from .campaign import Campaign
+            from .group import GroupedCampaign
 
         super().__init__()
         self.name = name
@@ -96,17 +100,15 @@ class Flag(Lease):
             on_lowered=on_lowered,
             on_failure=lambda: self._campaign.resign(timing.interval),
         )
-        self._campaign = Campaign(
-            self,
-            store,
-            timing,
-            name,
-            process,
-            logger,
-            metrics,
-            precheck=precheck,
-            changed=self._changed,
-        )
+        self._campaign: Campaign | GroupedCampaign
+        if group is None:
+            self._campaign = Campaign(
+                self, store, timing, name, process, logger, metrics, precheck, self._changed
+            )
+        else:
+            self._campaign = GroupedCampaign(
+                group, self, store, timing, name, process, logger, metrics, precheck, self._changed
+            )
         _live.add(self)
         self._callbacks.start()
         self._campaign.start()

@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 from .clock import Lease
 
-__all__ = ["FlagMetrics"]
+__all__ = ["FlagMetrics", "GroupMetrics"]
 
 LABELS = ("name", "process")
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -132,3 +132,65 @@ class FlagMetrics:
         """Report the flag as lowered from now on (the series stay, at 0)."""
         self._families.state.labels(*self._labels).set_function(lambda: 0.0)
         self._families.remaining.labels(*self._labels).set_function(lambda: 0.0)
+
+
+@dataclass(frozen=True)
+class _GroupFamilies:
+    members: Gauge
+    quota: Gauge
+    holding: Gauge
+    failures: Counter
+
+
+_group_families: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, _GroupFamilies]] = (
+    weakref.WeakKeyDictionary()
+)
+GROUP_LABELS = ("process",)
+
+
+def _group_families_for(registry: CollectorRegistry, subsystem: str) -> _GroupFamilies:
+    with _families_lock:
+        by_subsystem = _group_families.setdefault(registry, {})
+        found = by_subsystem.get(subsystem)
+        if found is None:
+            found = _GroupFamilies(
+                members=Gauge(
+                    "leadership_group_members", "Live members of the group's pool.",
+                    GROUP_LABELS, subsystem=subsystem, registry=registry,
+                ),
+                quota=Gauge(
+                    "leadership_group_share", "Balanced flags this member may hold.",
+                    GROUP_LABELS, subsystem=subsystem, registry=registry,
+                ),
+                holding=Gauge(
+                    "leadership_group_held", "Balanced flags this member holds.",
+                    GROUP_LABELS, subsystem=subsystem, registry=registry,
+                ),
+                failures=Counter(
+                    "leadership_group_tick_errors", "Group ticks (statements) that failed.",
+                    GROUP_LABELS, subsystem=subsystem, registry=registry,
+                ),
+            )  # fmt: skip
+            by_subsystem[subsystem] = found
+        return found
+
+
+class GroupMetrics:
+    """A group's own metrics (its flags have theirs, as single flags):
+    ``S_leadership_group_members``, ``_share`` and ``_held`` (after each tick of a
+    balancing group) and ``S_leadership_group_tick_errors_total``."""
+
+    def __init__(self, registry: CollectorRegistry | None, subsystem: str, process: str) -> None:
+        families = _group_families_for(registry or REGISTRY, subsystem)
+        self._members = families.members.labels(process)
+        self._quota = families.quota.labels(process)
+        self._holding = families.holding.labels(process)
+        self._failures = families.failures.labels(process)
+
+    def observe(self, members: int, quota: int, holding: int) -> None:
+        self._members.set(members)
+        self._quota.set(quota)
+        self._holding.set(holding)
+
+    def tick_failed(self) -> None:
+        self._failures.inc()

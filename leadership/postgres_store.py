@@ -11,12 +11,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import json
 import logging
 import re
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,13 +27,16 @@ from .dsn import POOLERS, Targets, endpoint_of, pg8000_targets, pooler_of, redac
 from .errors import LeadershipError, SchemaError, StoreUnavailable
 from .store import (
     TABLE,
+    Attempt,
     ConnectedStore,
     DBAPIConnection,
     Mine,
     Observation,
     OutcomeUnknown,
     QualifiedName,
+    StoredMember,
     StoredRow,
+    Tick,
     Written,
     check_columns,
     close_quietly,
@@ -40,6 +44,7 @@ from .store import (
     describe_error,
     first_connection,
     is_ours,
+    members_table,
     timeout_ms,
 )
 
@@ -113,14 +118,21 @@ WHERE NOT pg_catalog.has_table_privilege(%(table)s, p.privilege)
 CREATED_VERSION = "(EXTRACT(EPOCH FROM pg_catalog.now()) * 1000000)::bigint"
 """The version of a created row: the database clock in microseconds (see Store)."""
 
-OURS = """({row}.version = %(last_version)s::bigint OR (
-        {row}.version > %(last_version)s::bigint
-        AND {row}.version <= %(last_version)s::bigint + %(pending)s::bigint
+OURS = """({row}.version = {last_version} OR (
+        {row}.version > {last_version}
+        AND {row}.version <= {last_version} + {pending}
         AND {owned}
-        AND {row}.timestamp > pg_catalog.to_timestamp(%(last_at)s::float8)
-        AND {row}.timestamp <= pg_catalog.to_timestamp(%(last_at)s::float8)
+        AND {row}.timestamp > pg_catalog.to_timestamp({last_at})
+        AND {row}.timestamp <= pg_catalog.to_timestamp({last_at})
                               + pg_catalog.make_interval(secs => %(interval)s::float8)))"""
-"""The row carries a version this instance wrote (store.is_ours, with the holder test)."""
+"""The row carries a version this instance wrote (store.is_ours, with the holder test);
+what it wrote comes from parameters (one flag) or from a column of the batch (a group)."""
+MINE_PARAMETERS = {
+    "last_version": "%(last_version)s::bigint",
+    "pending": "%(pending)s::bigint",
+    "last_at": "%(last_at)s::float8",
+}
+MINE_COLUMNS = {"last_version": "w.last_version", "pending": "w.pending", "last_at": "w.last_at"}
 
 LEASE_OF = {
     True: """COALESCE(CASE WHEN {row}.lease_version = {row}.version
@@ -154,6 +166,98 @@ LEFT JOIN previous AS p ON true
 """
 """Acquire or renew in one statement; returns what it wrote (version, timestamp) and the
 row as it was before (holder, version, timestamp, seconds until it expires)."""
+
+BATCH = """pg_catalog.jsonb_to_recordset(%(batch)s::jsonb)
+        AS w(name text, last_version bigint, pending bigint, last_at float8, write boolean,
+             channel text)"""
+"""A group's flags, one JSON array parameter (any driver, and a pooler's literals, pass it)."""
+
+CHECK_MANY = """
+WITH wanted AS (
+    SELECT * FROM {batch}
+), previous AS (
+    SELECT t.name, t.holder, t.version, t.timestamp, {previous_lease} AS lease,
+           {previous_owner} AS owner
+    FROM {table} AS t JOIN wanted AS w ON t.name = w.name AND w.write
+    ORDER BY t.name FOR UPDATE OF t
+), renewed AS (
+    UPDATE {table} AS f
+    SET holder = %(process)s, version = f.version + 1, timestamp = pg_catalog.now(){renewed_lease}
+    FROM wanted AS w, (SELECT count(*) FROM previous) AS read_first  -- read rows first
+    WHERE f.name = w.name AND w.write
+      AND ((f.holder = %(process)s AND {ours})
+           OR f.timestamp < pg_catalog.now() - pg_catalog.make_interval(secs => {current_lease}))
+    RETURNING f.name, f.version, EXTRACT(EPOCH FROM f.timestamp)::float8 AS stamp
+), created AS (
+    INSERT INTO {table} AS f (name, holder, version, timestamp{lease_columns})
+    SELECT w.name, %(process)s, {created}, pg_catalog.now(){created_lease}
+    FROM wanted AS w, (SELECT count(*) FROM previous) AS read_first
+    WHERE w.write AND NOT EXISTS (SELECT 1 FROM previous AS p WHERE p.name = w.name)
+    ORDER BY w.name
+    ON CONFLICT (name) DO NOTHING
+    RETURNING f.name, f.version, EXTRACT(EPOCH FROM f.timestamp)::float8 AS stamp
+), seen AS (
+    SELECT name, holder, version, timestamp, lease, owner FROM previous
+    UNION ALL
+    SELECT t.name, t.holder, t.version, t.timestamp, {read_lease}, NULL::text
+    FROM {table} AS t JOIN wanted AS w ON t.name = w.name AND NOT w.write
+){member_ctes}
+SELECT w.name, x.version, x.stamp, p.holder, p.version, EXTRACT(EPOCH FROM p.timestamp)::float8,
+       EXTRACT(EPOCH FROM p.timestamp + pg_catalog.make_interval(secs => p.lease)
+                          - pg_catalog.now())::float8,
+       p.owner
+FROM wanted AS w
+LEFT JOIN (SELECT * FROM renewed UNION ALL SELECT * FROM created) AS x ON x.name = w.name
+LEFT JOIN seen AS p ON p.name = w.name{member_row}
+"""
+"""Acquire, renew or read many flags in one statement (see Store.acquire_or_renew_many):
+the rows to write are locked in name order first, then renewed or taken (UPDATE) or
+created (INSERT); one row per flag as CHECK returns it, plus, with a pool, one row
+whose name is NULL carrying the pool's other live members (a JSON array)."""
+
+MEMBER_CTES = """, beat AS (
+    INSERT INTO {members} AS m (pool, member, timestamp, lease_seconds)
+    VALUES (%(pool)s, %(process)s, pg_catalog.now(), %(interval)s::float8)
+    ON CONFLICT (pool, member) DO UPDATE
+        SET timestamp = excluded.timestamp, lease_seconds = excluded.lease_seconds
+    RETURNING m.member
+), live AS (
+    SELECT member FROM {members}
+    WHERE pool = %(pool)s AND member <> %(process)s
+      AND timestamp + pg_catalog.make_interval(secs => lease_seconds) > pg_catalog.now()
+)"""
+MEMBER_ROW = """
+UNION ALL
+SELECT NULL, NULL, NULL, (SELECT pg_catalog.json_agg(member)::text FROM live),
+       NULL, NULL, NULL, NULL"""
+
+RELEASE_MANY = """
+WITH wanted AS (
+    SELECT * FROM {batch}
+), released AS (
+    UPDATE {table} AS f SET timestamp = 'epoch'
+    FROM wanted AS w
+    WHERE f.name = w.name AND f.holder = %(process)s AND {ours}
+    RETURNING f.name, w.channel
+){leave}
+SELECT r.name, pg_catalog.pg_notify(r.channel, '') FROM released AS r
+"""
+LEAVE = """, leave AS (
+    DELETE FROM {members} WHERE pool = %(pool)s AND member = %(process)s
+)"""
+CREATE_MEMBERS = """
+CREATE TABLE IF NOT EXISTS {members} (
+    pool text NOT NULL,
+    member text NOT NULL,
+    timestamp timestamp with time zone NOT NULL,
+    lease_seconds double precision NOT NULL,
+    PRIMARY KEY (pool, member)
+)
+"""
+MEMBERS = """
+SELECT pool, member, EXTRACT(EPOCH FROM pg_catalog.now() - timestamp)::float8, lease_seconds
+FROM {members}
+"""
 
 RELEASE = """
 WITH released AS (
@@ -230,6 +334,10 @@ class Statements:
     expire: Statement
     rows: Statement
     lock_row: str
+    check_many: dict[bool, Statement]  # by whether the tick heartbeats a pool
+    release_many: dict[bool, Statement]  # by whether the group leaves a pool
+    create_members: str
+    members: Statement
 
     @classmethod
     def on(cls, table: QualifiedName, leased: bool) -> Statements:
@@ -239,7 +347,39 @@ class Statements:
             return Statement.of(template.format(table=quoted, **parts))
 
         lease_of = LEASE_OF[leased]
-        ours = OURS.format(row="f", owned="f.lease_owner = %(owner)s" if leased else "true")
+        owned = "f.lease_owner = %(owner)s" if leased else "true"
+        ours = OURS.format(row="f", owned=owned, **MINE_PARAMETERS)
+        ours_in_batch = OURS.format(row="f", owned=owned, **MINE_COLUMNS)
+        members = members_table(table).quoted()
+
+        def check_many(pool: bool) -> Statement:
+            return of(
+                CHECK_MANY,
+                batch=BATCH,
+                previous_lease=lease_of.format(row="t"),
+                previous_owner="t.lease_owner" if leased else "NULL::text",
+                renewed_lease=(
+                    ", lease_seconds = %(interval)s::float8, lease_version = f.version + 1, "
+                    "lease_owner = %(owner)s"
+                    if leased
+                    else ""
+                ),
+                ours=ours_in_batch,
+                current_lease=lease_of.format(row="f"),
+                lease_columns=", lease_seconds, lease_version, lease_owner" if leased else "",
+                created=CREATED_VERSION,
+                created_lease=(
+                    f", %(interval)s::float8, {CREATED_VERSION}, %(owner)s" if leased else ""
+                ),
+                read_lease=lease_of.format(row="t"),
+                member_ctes=MEMBER_CTES.format(members=members) if pool else "",
+                member_row=MEMBER_ROW if pool else "",
+            )
+
+        def release_many(pool: bool) -> Statement:
+            leave = LEAVE.format(members=members) if pool else ""
+            return of(RELEASE_MANY, batch=BATCH, ours=ours_in_batch, leave=leave)
+
         return cls(
             table=str(table),
             leased=leased,
@@ -272,6 +412,10 @@ class Statements:
                 ),
             ),
             lock_row=LOCK_ROW.format(table=quoted),
+            check_many={pool: check_many(pool) for pool in (False, True)},
+            release_many={pool: release_many(pool) for pool in (False, True)},
+            create_members=CREATE_MEMBERS.format(members=members),
+            members=Statement.of(MEMBERS.format(members=members)),
         )
 
 
@@ -678,14 +822,24 @@ class PostgresStore(ConnectedStore):
             "owner": self.instance,
             "interval": interval,
         }
+        rows = self._write(lambda statements: statements.check, values)
+        return self._observation(rows[0], process, mine, interval)
+
+    def _write(self, choose: Callable[[Statements], Statement], values: Mapping[str, Any]) -> Any:
+        """Run the statement ``choose`` picks; create the table again if it was dropped."""
         try:
-            rows = self._query(self._statements().check, values)
+            return self._query(choose(self._statements()), values)
         except Exception as error:
             if _sqlstate(error) != UNDEFINED_TABLE:
                 raise
             self._recreate(error)
-            rows = self._query(self._statements().check, values)
-        written, written_at, holder, seen, seen_at, expires_in, owner = rows[0]
+            return self._query(choose(self._statements()), values)
+
+    def _observation(
+        self, row: Any, process: str, mine: Mine | None, interval: float
+    ) -> Observation:
+        """An acquire-or-renew's reply row (CHECK's columns) as an Observation."""
+        written, written_at, holder, seen, seen_at, expires_in, owner = row
         if written is not None:
             owned = owner == self.instance or not self._statements().leased
             continued = (
@@ -700,6 +854,79 @@ class PostgresStore(ConnectedStore):
             None if seen is None else int(seen),
             None if expires_in is None else float(expires_in),
         )
+
+    def acquire_or_renew_many(
+        self,
+        process: str,
+        attempts: Sequence[Attempt],
+        interval: float,
+        pool: str | None = None,
+    ) -> Tick:
+        values = {
+            "batch": _batch((attempt.name, attempt.mine, attempt.write) for attempt in attempts),
+            "process": process,
+            "owner": self.instance,
+            "interval": interval,
+            "pool": pool,
+        }
+        rows = self._write(lambda statements: statements.check_many[pool is not None], values)
+        mine = {attempt.name: attempt.mine for attempt in attempts}
+        observations: dict[str, Observation] = {}
+        members: tuple[str, ...] | None = None
+        for row in rows:
+            name = row[0]
+            if name is None:  # the pool's row: its other live members
+                others = json.loads(row[3]) if row[3] else []
+                members = tuple(sorted({process, *map(str, others)}))
+            else:
+                observations[name] = self._observation(row[1:], process, mine[name], interval)
+        return Tick(observations, members)
+
+    def release_many(
+        self,
+        process: str,
+        held: Sequence[tuple[str, Mine]],
+        interval: float,
+        pool: str | None = None,
+    ) -> list[str]:
+        if not held and pool is None:
+            return []
+        values = {
+            "batch": _batch((name, mine, True) for name, mine in held),
+            "process": process,
+            "owner": self.instance,
+            "interval": interval,
+            "pool": pool,
+        }
+        rows = self._query(self._statements().release_many[pool is not None], values)
+        return sorted(str(row[0]) for row in rows)
+
+    def prepare_members(self) -> None:
+        statements = self._statements()
+        try:
+            self._query(statements.create_members)
+        except Exception as error:
+            if _sqlstate(error) == INSUFFICIENT_PRIVILEGE:
+                raise SchemaError(
+                    f"cannot create the members table beside {statements.table} "
+                    f"({describe_error(error)}): create it as the DDL in "
+                    "leadership.postgres_store.CREATE_MEMBERS says and GRANT SELECT, INSERT, "
+                    "UPDATE, DELETE on it"
+                ) from None
+            raise
+
+    def read_members(self, pool: str | None = None) -> list[StoredMember]:
+        statements = self._resolve(create=False)
+        if statements is None:
+            return []
+        members = members_table(QualifiedName.parse(statements.table))
+        if not self._query(SCHEMA_OF, {"table": members.quoted()}):
+            return []
+        sql, params = statements.members.sql, tuple[str, ...]()
+        if pool is not None:
+            sql, params = f"{sql} WHERE pool = %s", (pool,)
+        rows = self._query(sql + " ORDER BY pool, member", params)
+        return [StoredMember(str(p), str(m), float(a), float(lease)) for p, m, a, lease in rows]
 
     def _statements(self) -> Statements:
         statements = self._resolve(create=True)
@@ -797,6 +1024,24 @@ class PostgresStore(ConnectedStore):
             except Exception:
                 return None
         return None
+
+
+def _batch(flags: Iterable[tuple[str, Mine | None, bool]]) -> str:
+    """A group's flags as BATCH's JSON: name, what this instance wrote (last version -1
+    when nothing), whether to write, and the flag's channel."""
+    return json.dumps(
+        [
+            {
+                "name": name,
+                "last_version": -1 if mine is None else mine.last.version,
+                "pending": 0 if mine is None else mine.pending,
+                "last_at": 0.0 if mine is None else mine.last.at,
+                "write": write,
+                "channel": channel_for(name),
+            }
+            for name, mine, write in flags
+        ]
+    )
 
 
 def _in_transaction(conn: Any) -> bool:

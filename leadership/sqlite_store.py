@@ -22,7 +22,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -31,18 +31,22 @@ from .errors import LeadershipError, StoreUnavailable
 from .host_clock import HostClock, host_clock
 from .store import (
     TABLE,
+    Attempt,
     ConnectedStore,
     DBAPIConnection,
     HoldLost,
     Mine,
     Observation,
     QualifiedName,
+    StoredMember,
     StoredRow,
+    Tick,
     Written,
     check_columns,
     continues,
     describe_error,
     is_ours,
+    members_table,
     timeout_ms,
 )
 
@@ -89,6 +93,24 @@ EXPIRE = "UPDATE {table} SET timestamp = ?, version = version + 1 WHERE name = ?
 TOUCH = "UPDATE {table} SET version = version WHERE name = ?"
 PEEK = "SELECT timestamp, domain, lease FROM {table} WHERE name = ?"
 FILE = "SELECT file FROM pragma_database_list WHERE name = 'main'"
+
+CREATE_MEMBERS = """
+CREATE TABLE IF NOT EXISTS {table} (
+    pool TEXT NOT NULL,
+    member TEXT NOT NULL,
+    timestamp REAL NOT NULL,
+    domain TEXT NOT NULL,
+    lease REAL NOT NULL,
+    PRIMARY KEY (pool, member)
+)
+"""
+BEAT = """INSERT INTO {table} (pool, member, timestamp, domain, lease) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (pool, member) DO UPDATE
+SET timestamp = excluded.timestamp, domain = excluded.domain, lease = excluded.lease"""
+LIVE = "SELECT member FROM {table} WHERE pool = ? AND domain = ? AND timestamp + lease > ?"
+LEAVE = "DELETE FROM {table} WHERE pool = ? AND member = ?"
+MEMBERS = "SELECT pool, member, timestamp, domain, lease FROM {table}"
+"""The members table of pools (see Store.acquire_or_renew_many), beside the flags table."""
 
 OPEN_ATTEMPTS = 5
 """Times to reopen a file that was replaced while it was being opened."""
@@ -174,8 +196,9 @@ class SqliteStore(ConnectedStore):
     def table(self) -> str:
         return str(self._table)
 
-    def _sql(self, template: str) -> str:
-        return template.format(table=self._table.quoted())
+    def _sql(self, template: str, *, members: bool = False) -> str:
+        table = members_table(self._table) if members else self._table
+        return template.format(table=table.quoted())
 
     @property
     def poll(self) -> float:
@@ -270,34 +293,42 @@ class SqliteStore(ConnectedStore):
     def acquire_or_renew(
         self, name: str, process: str, mine: Mine | None, interval: float
     ) -> Observation:
-        clock = self._clock
-
         def attempt(conn: Any) -> Observation:
-            replaced = self._replaced()  # checked under the write lock of the open file
-            if replaced is not None:
-                raise HoldLost(replaced)
-            now = clock.read()
-            row = conn.execute(self._sql(READ), (name,)).fetchone()
-            if row is None:  # created at the wall clock in microseconds: see Store
-                created = time.time_ns() // 1000
-                stamped = (name, process, created, now, clock.domain, interval, self.instance)
-                conn.execute(self._sql(INSERT), stamped)
-                return Observation(Written(created, now))
-            holder, version, at, domain, lease, owner = row
-            if domain != clock.domain:  # stamped in another boot or clock domain: expired
-                at = -math.inf
-            lease = interval if lease is None else lease  # the holder's, when recorded
-            owned = owner == self.instance
-            ours = is_ours(holder, version, at, process, mine, interval, owned)
-            if ours or now - at > lease:
-                renewed = (process, version + 1, now, clock.domain, interval, self.instance, name)
-                conn.execute(self._sql(WRITE), renewed)
-                continued = ours and continues(version, mine)
-                return Observation(Written(version + 1, now, continued))
-            return Observation(None, holder, version, at + lease - now)
+            return self._attempt(conn, name, process, mine, interval)
 
+        result: Observation = self._write(attempt)
+        return result
+
+    def acquire_or_renew_many(
+        self,
+        process: str,
+        attempts: Sequence[Attempt],
+        interval: float,
+        pool: str | None = None,
+    ) -> Tick:
+        """Every attempt in one IMMEDIATE transaction (one writer at a time: the tick is
+        atomic, as PostgreSQL's one statement is)."""
+
+        def tick(conn: Any) -> Tick:
+            observations = {
+                each.name: (
+                    self._attempt(conn, each.name, process, each.mine, interval)
+                    if each.write
+                    else self._read(conn, each.name, interval)
+                )
+                for each in attempts
+            }
+            members = None if pool is None else self._beat(conn, pool, process, interval)
+            return Tick(observations, members)
+
+        result: Tick = self._write(tick)
+        return result
+
+    def _write(self, work: Callable[[Any], Any]) -> Any:
+        """Run ``work`` in a transaction; a vanished file raises HoldLost; a dropped table
+        is created again."""
         try:
-            result: Observation = self._transaction(attempt)
+            return self._transaction(work)
         except sqlite3.Error as error:
             replaced = self._replaced()
             if replaced is not None:  # the error came from the file going away under us
@@ -305,23 +336,108 @@ class SqliteStore(ConnectedStore):
             if "no such table" not in str(error):
                 raise
             self.prepare()  # the table was dropped under a running flag: create it again
-            result = self._transaction(attempt)
-        return result
+            return self._transaction(work)
+
+    def _attempt(
+        self, conn: Any, name: str, process: str, mine: Mine | None, interval: float
+    ) -> Observation:
+        """Acquire or renew ``name`` inside the caller's write transaction."""
+        replaced = self._replaced()  # checked under the write lock of the open file
+        if replaced is not None:
+            raise HoldLost(replaced)
+        clock = self._clock
+        now = clock.read()
+        row = conn.execute(self._sql(READ), (name,)).fetchone()
+        if row is None:  # created at the wall clock in microseconds: see Store
+            created = time.time_ns() // 1000
+            stamped = (name, process, created, now, clock.domain, interval, self.instance)
+            conn.execute(self._sql(INSERT), stamped)
+            return Observation(Written(created, now))
+        holder, version, at, domain, lease, owner = row
+        if domain != clock.domain:  # stamped in another boot or clock domain: expired
+            at = -math.inf
+        lease = interval if lease is None else lease  # the holder's, when recorded
+        owned = owner == self.instance
+        ours = is_ours(holder, version, at, process, mine, interval, owned)
+        if ours or now - at > lease:
+            renewed = (process, version + 1, now, clock.domain, interval, self.instance, name)
+            conn.execute(self._sql(WRITE), renewed)
+            continued = ours and continues(version, mine)
+            return Observation(Written(version + 1, now, continued))
+        return Observation(None, holder, version, at + lease - now)
+
+    def _read(self, conn: Any, name: str, interval: float) -> Observation:
+        """The row of ``name`` as a read-only observation (see Tick); its holder's lease
+        is ``interval`` unless the row records one."""
+        row = conn.execute(self._sql(READ), (name,)).fetchone()
+        if row is None:
+            return Observation(None)
+        holder, version, at, domain, lease, _ = row
+        if domain != self._clock.domain:
+            at = -math.inf
+        lease = interval if lease is None else lease
+        return Observation(None, holder, version, at + lease - self._clock.read())
+
+    def _beat(self, conn: Any, pool: str, process: str, interval: float) -> tuple[str, ...]:
+        """Heartbeat ``process`` in ``pool``; return the pool's live members."""
+        now, domain = self._clock.read(), self._clock.domain
+        conn.execute(self._sql(BEAT, members=True), (pool, process, now, domain, interval))
+        rows = conn.execute(self._sql(LIVE, members=True), (pool, domain, now)).fetchall()
+        return tuple(sorted({process, *(str(row[0]) for row in rows)}))
 
     def release(self, name: str, process: str, mine: Mine, interval: float) -> bool:
-        domain = self._clock.domain
-
         def attempt(conn: Any) -> bool:
-            row = conn.execute(self._sql(READ), (name,)).fetchone()
-            if row is None or row[3] != domain:
-                return False
-            holder, version, at = row[:3]
-            if not is_ours(holder, version, at, process, mine, interval, row[5] == self.instance):
-                return False
-            return bool(conn.execute(self._sql(RELEASE), (RELEASED, name, version)).rowcount)
+            return self._release(conn, name, process, mine, interval)
 
         released: bool = self._transaction(attempt)
         return released
+
+    def _release(self, conn: Any, name: str, process: str, mine: Mine, interval: float) -> bool:
+        """Release ``name`` inside the caller's write transaction if it is ours."""
+        row = conn.execute(self._sql(READ), (name,)).fetchone()
+        if row is None or row[3] != self._clock.domain:
+            return False
+        holder, version, at = row[:3]
+        if not is_ours(holder, version, at, process, mine, interval, row[5] == self.instance):
+            return False
+        return bool(conn.execute(self._sql(RELEASE), (RELEASED, name, version)).rowcount)
+
+    def release_many(
+        self,
+        process: str,
+        held: Sequence[tuple[str, Mine]],
+        interval: float,
+        pool: str | None = None,
+    ) -> list[str]:
+        def attempt(conn: Any) -> list[str]:
+            released = [n for n, mine in held if self._release(conn, n, process, mine, interval)]
+            if pool is not None:
+                conn.execute(self._sql(LEAVE, members=True), (pool, process))
+            return sorted(released)
+
+        if not held and pool is None:
+            return []
+        result: list[str] = self._transaction(attempt)
+        return result
+
+    def prepare_members(self) -> None:
+        try:
+            self._transaction(lambda conn: conn.execute(self._sql(CREATE_MEMBERS, members=True)))
+        except sqlite3.Error as error:
+            raise StoreUnavailable(_explain(self._path, error)) from None
+
+    def read_members(self, pool: str | None = None) -> list[StoredMember]:
+        if not self._query(EXISTS, (members_table(self._table).name,))[0][0]:
+            return []
+        sql, params = self._sql(MEMBERS, members=True), tuple[str, ...]()
+        if pool is not None:
+            sql, params = f"{sql} WHERE pool = ?", (pool,)
+        rows = self._query(sql + " ORDER BY pool, member", params)
+        now, domain = self._clock.read(), self._clock.domain
+        return [
+            StoredMember(str(p), str(m), now - at if d == domain else math.inf, float(lease))
+            for p, m, at, d, lease in rows
+        ]
 
     def read_rows(self, name: str | None = None) -> list[StoredRow]:
         if not self._query(EXISTS, (self._table.name,))[0][0]:

@@ -22,6 +22,7 @@ from .errors import ConfigurationError, LeadershipError, SchemaError, StoreUnava
 
 __all__ = [
     "TABLE",
+    "Attempt",
     "ConnectedStore",
     "Cursor",
     "DBAPIConnection",
@@ -31,7 +32,9 @@ __all__ = [
     "OutcomeUnknown",
     "QualifiedName",
     "Store",
+    "StoredMember",
     "StoredRow",
+    "Tick",
     "Written",
     "check_columns",
     "close_quietly",
@@ -40,6 +43,7 @@ __all__ = [
     "drain",
     "first_connection",
     "is_ours",
+    "members_table",
     "timeout_ms",
 ]
 
@@ -173,6 +177,38 @@ class StoredRow:
     lease: float | None = None
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One flag of a group's tick: acquire or renew it as :meth:`Store.acquire_or_renew`
+    does with ``mine``, or, with ``write`` False, only read its row."""
+
+    name: str
+    mine: Mine | None = None
+    write: bool = True
+
+
+@dataclass(frozen=True)
+class Tick:
+    """What one group tick found: an observation per flag of the tick (a read-only one
+    has ``written`` None, the row's holder and version, and ``expires_in`` <= 0 when the
+    row is free; holder None when there is no row), and, when the tick heartbeat a pool,
+    the names of the pool's live members, this one included, sorted."""
+
+    observations: dict[str, Observation]
+    members: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class StoredMember:
+    """One member of a pool (see :meth:`Store.acquire_or_renew_many`): seconds since its
+    last heartbeat (database clock) and the lease it took."""
+
+    pool: str
+    member: str
+    age: float
+    lease: float
+
+
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}\Z")
 """A table or schema name this package accepts (plain SQL identifiers, at most 63 bytes)."""
 
@@ -245,6 +281,39 @@ class Store(Protocol):
         tokens, keep growing when a row is deleted and created again.
         """
 
+    def acquire_or_renew_many(
+        self,
+        process: str,
+        attempts: Sequence[Attempt],
+        interval: float,
+        pool: str | None = None,
+    ) -> Tick:
+        """Every attempt of a group's tick, each exactly as :meth:`acquire_or_renew` (or
+        a plain read), in one statement where the backend can (one transaction else).
+
+        With ``pool``, the same statement heartbeats ``process`` as a member of that
+        pool (a lease of ``interval`` seconds, in the members table beside the flags
+        table: see :func:`members_table`) and returns the pool's live members. An error
+        or an unknown outcome is the whole tick's (raised as by acquire_or_renew).
+        """
+
+    def release_many(
+        self,
+        process: str,
+        held: Sequence[tuple[str, Mine]],
+        interval: float,
+        pool: str | None = None,
+    ) -> list[str]:
+        """:meth:`release` for each (name, mine) in one statement; with ``pool``, also
+        leave it. Return the names released."""
+
+    def prepare_members(self) -> None:
+        """Create the members table if missing (see :func:`members_table`)."""
+
+    def read_members(self, pool: str | None = None) -> list[StoredMember]:
+        """The pools' members (only ``pool``'s when given), live or not, sorted by pool
+        and member; empty when there is no members table. Creates nothing."""
+
     def release(self, name: str, process: str, mine: Mine, interval: float) -> bool:
         """Expire the row of ``name`` if it is this instance's own (see :func:`is_ours`:
         ``mine.last``, or what its unanswered attempts wrote), and wake the processes
@@ -269,6 +338,17 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Close the connection; idempotent."""
+
+
+def members_table(table: QualifiedName) -> QualifiedName:
+    """The members table of a flags table: ``<table>_members`` in the same schema; raise
+    ConfigurationError("table") when that name would be too long."""
+    name = f"{table.name}_members"
+    if not IDENTIFIER.match(name):
+        raise ConfigurationError(
+            "table", f"{table.name!r} is too long to pair a members table ({name!r}) with it"
+        )
+    return QualifiedName(table.schema, name)
 
 
 def timeout_ms(timeout: float) -> int:

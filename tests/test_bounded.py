@@ -15,6 +15,7 @@ import pytest
 
 import leadership
 from harness.proxy import TcpProxy
+from leadership.campaign import Campaign
 from tests.conftest import MakeFlag
 from tests.history import wait_for
 
@@ -58,6 +59,7 @@ def test_a_dripping_peer_fails_each_check_within_the_timeout_and_close_finishes(
             started = time.monotonic()
             flag.close()
             took = time.monotonic() - started
+        assert isinstance(flag._campaign, Campaign)
         assert not flag._campaign._thread.is_alive(), "the renewal thread is still stuck"
         # close() waits for the renewal thread up to 2T + 1 s; a bounded release fits.
         assert took < 2 * TIMEOUT + 1.0, f"close() took {took:.2f} s"
