@@ -409,10 +409,7 @@ class FlagGroup:
         wanted = share.to_take(self._held_balanced()) if share is not None else set()
         batch: list[tuple[GroupedCampaign, bool]] = []
         for campaign in self._campaigns.values():
-            if campaign.held:
-                due = renewal
-            else:
-                due = renewal or early or campaign._due <= now
+            due = renewal if campaign.held else renewal or early or campaign._due <= now
             if not due:
                 continue
             name = campaign.name
