@@ -791,6 +791,7 @@ class PostgresStore(ConnectedStore):
         one that came with a statement's reply: then at once), or on the socket turning
         readable. A socket wake that brought no notification (a dropped connection, a
         message no statement reads) is not repeated within ``SOCKET_WAKE_SPACING``."""
+        self._prepare_release()  # may read notifications too
         if self._notified:
             self._notified = False
             return
@@ -805,6 +806,27 @@ class PostgresStore(ConnectedStore):
             self._last_socket_wake = time.monotonic()
         elif socket is None:
             self._sleep(seconds, wake_fd)
+
+    def _prepare_release(self) -> None:
+        """On pg8000 (native), prepare the release statement ahead, once per connection,
+        while nothing waits on it: else the release after ``close()`` pays a second round
+        trip (and a plan) just when a waiting process could take over. A failure here is
+        left to the release itself (the connection is dropped if it may be broken)."""
+        conn, statements = self._conn, self._sql
+        if conn is None or statements is None or self._per_transaction:
+            return
+        sql = statements.release.sql
+        if sql in self._prepared or _pg8000_native(conn) is None:
+            return
+        try:
+            with self._watchdog.bound(
+                time.monotonic() + self._timeout, lambda: cut_connection(conn)
+            ):
+                self._prepared[sql] = conn.prepare(_named_placeholders(sql))
+            self._take_notifications(conn)
+        except Exception as error:
+            if self._watchdog.fired or not _connection_survives(error):
+                self._reset()
 
     def _socket(self) -> int | None:
         """The connection's socket, to wake on notifications or on a dropped connection."""
