@@ -5,6 +5,9 @@ the waiter has made its first check, the benchmark waits a random part of the re
 period, then either asks the holder to ``close()`` or SIGKILLs it, and measures until the
 waiter first sees ``raised()`` True, on CLOCK_BOOTTIME (system-wide). The waiter then
 holds, and a new waiter is started for the next sample.
+
+``waiter`` says how each waiting process waits (see ``contender.py``): polling
+``raised()`` every 0.5 ms, blocked in ``wait_raised()``, or spinning on ``raised()``.
 """
 
 from __future__ import annotations
@@ -43,9 +46,11 @@ class Latencies:
 class _Contender:
     """One ``contender.py`` child and the events it printed so far."""
 
-    def __init__(self, dsn: str, name: str, process: str, timing: tuple[float, ...]) -> None:
+    def __init__(
+        self, dsn: str, name: str, process: str, timing: tuple[float, ...], waiter: str
+    ) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(CONTENDER), dsn, name, process, *map(str, timing)],
+            [sys.executable, str(CONTENDER), dsn, name, process, *map(str, timing), waiter],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -110,34 +115,36 @@ def measure(
     interval: float,
     jitter: float,
     timeout: float,
+    waiter: str = "poll",
 ) -> Latencies:
-    """Time ``samples`` takeovers after ``close()`` (or SIGKILL when ``kill``)."""
+    """Time ``samples`` takeovers after ``close()`` (or SIGKILL when ``kill``), the
+    waiting process waiting the ``waiter`` way (``poll``, ``blocked`` or ``spin``)."""
     timing = (interval, jitter, timeout)
     bound = interval + timeout
     rng = random.Random()
     results: list[float] = []
     children: list[_Contender] = []
     try:
-        holder = _Contender(dsn, name, "p0", timing)
+        holder = _Contender(dsn, name, "p0", timing, waiter)
         children.append(holder)
         if holder.expect("raised", START_TIMEOUT) is None:
             raise RuntimeError("the first contender never raised its flag")
         for index in range(1, samples + 1):
-            waiter = _Contender(dsn, name, f"p{index}", timing)
-            children.append(waiter)
-            if waiter.expect("ready", START_TIMEOUT) is None:
+            next_holder = _Contender(dsn, name, f"p{index}", timing, waiter)
+            children.append(next_holder)
+            if next_holder.expect("ready", START_TIMEOUT) is None:
                 raise RuntimeError(f"contender p{index} never made its first check")
             time.sleep(rng.uniform(0, interval / 2))  # a random phase of the renewal period
             started = holder.kill() if kill else holder.close()
             if started is None:
                 raise RuntimeError(f"contender p{index - 1} did not close")
-            taken = waiter.expect("raised", bound + 10.0)
+            taken = next_holder.expect("raised", bound + 10.0)
             results.append(math.inf if taken is None else (taken - started) / 1e9)
             if taken is None:
                 break  # the waiter never took over: later samples would mean nothing
             holder.finish()
             children.remove(holder)
-            holder = waiter
+            holder = next_holder
     finally:
         for child in children:
             child.finish()

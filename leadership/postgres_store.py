@@ -564,6 +564,7 @@ class PostgresStore(ConnectedStore):
         self.notes: list[str] = []
         self._channels: dict[str, str] = {}  # watched flag name -> its channel
         self._last_socket_wake = 0.0
+        self._notified = False  # a notification came with a reply: look again at once
         self._prepared: dict[str, Any] = {}
         super().__init__(connect)
         if first is not None:
@@ -608,6 +609,9 @@ class PostgresStore(ConnectedStore):
         self._prepared = {}
         if hasattr(conn, "autocommit"):
             conn.autocommit = True
+        add_notify_handler = getattr(conn, "add_notify_handler", None)  # psycopg 3
+        if add_notify_handler is not None:
+            add_notify_handler(self._notified_by)
         if self._per_transaction:
             return  # nothing in the session: each statement bounds itself (_execute)
         self._execute(
@@ -685,10 +689,23 @@ class PostgresStore(ConnectedStore):
             if _sqlstate(error) is None:  # sent, then the connection failed: unknown
                 raise OutcomeUnknown(describe_error(error)) from error
             raise
-        notifications = getattr(self._conn, "notifications", None)
-        if notifications is not None:  # pg8000 keeps them; waking was their only use
-            notifications.clear()
+        self._take_notifications(conn)
         return rows
+
+    def _take_notifications(self, conn: Any) -> None:
+        """Note the notifications pg8000 read with a statement's reply (psycopg hands them
+        to :meth:`_notified_by`): one may be of a release after the statement read the row,
+        so the next :meth:`wait` returns at once. A notification is real activity: the
+        socket wake before it was no busy loop."""
+        notifications = getattr(conn, "notifications", None)
+        if notifications:  # pg8000 keeps them (up to 100); waking is their only use
+            notifications.clear()
+            self._notified_by(None)
+
+    def _notified_by(self, _notify: Any) -> None:
+        """A notification arrived on this store's connection (psycopg's notify handler)."""
+        self._notified = True
+        self._last_socket_wake = 0.0
 
     # --- the table: resolved once, created when missing ---------------------------------
 
@@ -997,6 +1014,14 @@ class PostgresStore(ConnectedStore):
         return None if row is None else (str(row[0]), int(row[1]))
 
     def wait(self, seconds: float, wake_fd: int) -> None:
+        """Sleep up to ``seconds``; return early on ``wake_fd``, on a notification (also
+        one that came with a statement's reply: then at once), or on the socket turning
+        readable. A socket wake that brought no notification (a dropped connection, a
+        message no statement reads) is not repeated within ``SOCKET_WAKE_SPACING``."""
+        self._prepare_release()  # may read notifications too
+        if self._notified:
+            self._notified = False
+            return
         since = time.monotonic() - self._last_socket_wake
         if since < SOCKET_WAKE_SPACING:
             pause = min(seconds, SOCKET_WAKE_SPACING - since)
@@ -1008,6 +1033,27 @@ class PostgresStore(ConnectedStore):
             self._last_socket_wake = time.monotonic()
         elif socket is None:
             self._sleep(seconds, wake_fd)
+
+    def _prepare_release(self) -> None:
+        """On pg8000 (native), prepare the release statement ahead, once per connection,
+        while nothing waits on it: else the release after ``close()`` pays a second round
+        trip (and a plan) just when a waiting process could take over. A failure here is
+        left to the release itself (the connection is dropped if it may be broken)."""
+        conn, statements = self._conn, self._sql
+        if conn is None or statements is None or self._per_transaction:
+            return
+        sql = statements.release.sql
+        if sql in self._prepared or _pg8000_native(conn) is None:
+            return
+        try:
+            with self._watchdog.bound(
+                time.monotonic() + self._timeout, lambda: cut_connection(conn)
+            ):
+                self._prepared[sql] = conn.prepare(_named_placeholders(sql))
+            self._take_notifications(conn)
+        except Exception as error:
+            if self._watchdog.fired or not _connection_survives(error):
+                self._reset()
 
     def _socket(self) -> int | None:
         """The connection's socket, to wake on notifications or on a dropped connection."""

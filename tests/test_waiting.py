@@ -182,3 +182,77 @@ def test_wait_raised_adds_no_database_traffic(
     waited.close()
     waiter.thread.join(3.0)
     assert waiter.result is False
+
+
+class ReleaseInFlightCursor:
+    """A DB-API cursor that, once armed, makes the standby's next check see the holder's
+    row, then keeps the connection busy in a statement while the holder closes: the
+    release's notification comes inside that statement's reply, not on an idle socket."""
+
+    def __init__(self, conn: Any, cursor: Any, armed: threading.Event, closing: Callable[[], None]):
+        self._conn = conn
+        self._cursor = cursor
+        self._armed = armed
+        self._closing = closing
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        result = self._cursor.execute(sql, params) if params else self._cursor.execute(sql)
+        if self._armed.is_set() and "ON CONFLICT" in sql:
+            self._armed.clear()
+            closer = threading.Thread(target=self._closing, name="holder close", daemon=True)
+            closer.start()
+            busy = self._conn.cursor()
+            try:
+                busy.execute("SELECT pg_catalog.pg_sleep(0.4)")  # the release lands meanwhile
+            finally:
+                busy.close()
+            closer.join(5.0)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+
+class ReleaseInFlightConnection:
+    """A DB-API connection whose cursors are :class:`ReleaseInFlightCursor`."""
+
+    def __init__(self, conn: Any, armed: threading.Event, closing: Callable[[], None]) -> None:
+        object.__setattr__(self, "_conn", conn)
+        object.__setattr__(self, "_armed", armed)
+        object.__setattr__(self, "_closing", closing)
+
+    def cursor(self) -> ReleaseInFlightCursor:
+        return ReleaseInFlightCursor(self._conn, self._conn.cursor(), self._armed, self._closing)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._conn, name, value)
+
+
+def test_a_release_notified_during_a_check_still_wakes_the_standby(
+    pg_dsn: str, make_flag: MakeFlag
+) -> None:
+    # The standby's check sees the holder's row (its lease has ~4 s left); the holder then
+    # releases while the standby's connection is still busy, so the notification comes
+    # with a statement's reply. Kept, it wakes the standby at once; dropped, the standby
+    # sleeps until the released row would have expired.
+    holder = make_flag(pg_dsn, "holder", interval=4.0, timeout=1.0)
+    assert holder.wait_raised(timeout=5.0)
+    armed = threading.Event()
+    options = pg8000_options(pg_dsn, timeout=5.0)
+
+    def connect() -> Any:
+        return ReleaseInFlightConnection(pg8000.dbapi.connect(**options), armed, holder.close)
+
+    standby = make_flag(pg_dsn, "standby", interval=4.0, timeout=1.0, handle=connect)
+    time.sleep(0.3)  # the standby has seen the holder and sleeps until the row expires
+    assert not standby.raised()
+    armed.set()
+    standby._campaign._wake()  # its next check now, with the release in flight
+    started = time.monotonic()
+    assert standby.wait_raised(timeout=5.0)
+    took = time.monotonic() - started
+    assert not armed.is_set() and holder.closed
+    assert took < 1.5, f"the standby took the flag {took:.3f} s after its check (lost wake-up)"
