@@ -2,8 +2,7 @@
 """Compiled lease clock, lease and jitter: the hot path of ``Flag.raised()``.
 
 Same API as :mod:`leadership._clock_py`. ``raised()`` reads the clock once,
-compares two integers and returns a shared bool: no allocation, no lock. Lowered, it
-may also offer the GIL to other threads (see ``Lease.raised``).
+compares two integers and returns a shared bool: no allocation, no lock.
 """
 
 from libc.stdint cimport int64_t, uint64_t
@@ -21,24 +20,14 @@ cdef extern from *:
         clock_gettime(LEADERSHIP_LEASE_CLOCK, &ts);
         return (long long)ts.tv_sec * 1000000000LL + (long long)ts.tv_nsec;
     }
-    static inline void leadership_pause(void) {
-        struct timespec ts = {0, 1};
-        nanosleep(&ts, NULL);
-    }
     """
     long long leadership_now_ns() nogil
-    void leadership_pause() nogil
 
 import os
 
 IMPLEMENTATION = "compiled"
 
 cdef uint64_t _state = 0
-cdef int64_t _last_yield_ns = 0
-
-YIELD_SPACING_NS = 200_000
-"""Least lease-clock nanoseconds between two GIL hand-offs offered by a lowered ``raised()``."""
-cdef int64_t _yield_spacing_ns = YIELD_SPACING_NS
 
 
 cdef inline uint64_t _next_random() noexcept:
@@ -84,23 +73,8 @@ cdef class Lease:
         self._deadline_ns = 0
 
     def raised(self):
-        """Return True while the lease clock is before the deadline; never blocks or raises.
-
-        A lowered lease may briefly offer the GIL to other threads (at most once every
-        ``YIELD_SPACING_NS`` across all leases, for about the timer slack, some 50 us):
-        the hand-off the interpreter makes anyway every switch interval, only sooner, so
-        a thread spinning on ``raised()`` does not hold back the renewal thread that
-        would raise it. It takes no lock.
-        """
-        global _last_yield_ns
-        cdef int64_t now = leadership_now_ns()
-        if now < self._deadline_ns:
-            return True
-        if now - _last_yield_ns >= _yield_spacing_ns:
-            _last_yield_ns = now
-            with nogil:
-                leadership_pause()
-        return False
+        """Return True while the lease clock is before the deadline; never blocks or raises."""
+        return leadership_now_ns() < self._deadline_ns
 
     def lease_remaining(self):
         """Seconds left before the deadline, 0.0 when lowered."""

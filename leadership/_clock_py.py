@@ -12,10 +12,6 @@ __all__ = ["Lease", "jittered", "now_ns"]
 
 IMPLEMENTATION = "python"
 
-YIELD_SPACING_NS = 200_000
-"""The compiled twin's least spacing between GIL hand-offs offered by a lowered
-``raised()``; this twin offers none (the interpreter switches threads in its loop)."""
-
 _CLOCK_ID: int | None = getattr(time, "CLOCK_BOOTTIME", None)
 
 
@@ -61,10 +57,7 @@ class Lease:
         self._deadline_ns = 0
 
     def raised(self) -> bool:
-        """Return True while the lease clock is before the deadline; never blocks or raises.
-
-        (The compiled twin, lowered, may briefly offer the GIL to other threads.)
-        """
+        """Return True while the lease clock is before the deadline; never blocks or raises."""
         return _read() < self._deadline_ns
 
     def lease_remaining(self) -> float:

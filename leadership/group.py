@@ -563,7 +563,7 @@ class FlagGroup:
     def _forget_after_fork(self) -> None:
         """In a forked child: closed, without the parent's thread, pipe or connection."""
         self._closed = True
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._pipe_lock = threading.Lock()
         self._pipe_open = False
 
