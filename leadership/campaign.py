@@ -120,6 +120,11 @@ class Contender:
     def stopping(self) -> bool:
         return self._stopping
 
+    @property
+    def resigning(self) -> bool:
+        """Whether a resignation waits for the driving thread."""
+        return self._resign_for is not None
+
     def resign(self, seconds: float) -> None:
         """Lower now, release the row and stand aside for ``seconds`` (any thread)."""
         with self._lock:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
 import weakref
 
@@ -272,6 +273,9 @@ def close_all(wait: float) -> None:
         flag._lower()
 
     def close_them() -> None:
+        groups = sys.modules.get("leadership.group")  # imported by the first group, if any
+        if groups is not None:
+            groups.close_all_groups()  # one release statement per group
         for flag in flags:
             flag.close()
 

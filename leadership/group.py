@@ -13,6 +13,7 @@ same list (the pool's members): see :mod:`leadership.share` for the rule.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import os
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from .metrics import FlagMetrics, GroupMetrics
     from .timing import Timing
 
-__all__ = ["FlagGroup", "GroupedCampaign", "pool_of"]
+__all__ = ["FlagGroup", "GroupedCampaign", "close_all_groups", "pool_of"]
 
 EARLY_TICK_SPACING = 0.001
 """Seconds between two early ticks at least (a socket or pipe that keeps waking the loop
@@ -333,6 +334,8 @@ class FlagGroup:
             self._logger.exception("group of %r stopped: %s", self.process, error)
             raise
         finally:
+            with self._lock:
+                self._closed = True  # also when the loop failed: no flag joins a dead group
             self._take_in()
             self._let_go(list(self._campaigns.values()), leave=True)
             for flag in list(self._flags.values()):
@@ -409,12 +412,14 @@ class FlagGroup:
         wanted = share.to_take(self._held_balanced()) if share is not None else set()
         batch: list[tuple[GroupedCampaign, bool]] = []
         for campaign in self._campaigns.values():
-            due = renewal if campaign.held else renewal or early or campaign._due <= now
+            due = renewal or campaign.resigning
+            if not campaign.held:
+                due = due or early or campaign._due <= now
             if not due:
                 continue
             name = campaign.name
-            if name in balanced and not campaign.held and share is not None and name not in wanted:
-                batch.append((campaign, False))
+            if name in balanced and not campaign.held and name not in wanted:
+                batch.append((campaign, False))  # no view of the pool yet, or not our share
             elif self._plans_to_contend(campaign, now):
                 batch.append((campaign, True))
             elif name in balanced:
@@ -467,16 +472,18 @@ class FlagGroup:
         self._schedule_expiries(batch, tick, now)
 
     def _failed(self, batch: list[tuple[GroupedCampaign, bool]], error: Exception) -> None:
-        """The whole tick failed: each written flag learns it; retry them together."""
+        """The whole tick failed: each written flag learns it; all retry together."""
         now = time.monotonic()
-        delays = [FIRST_RETRY]
+        delays = []
         for campaign, write in batch:
+            delay = campaign.failure(error) if write else self._timing.retry_every
+            campaign._due = now + delay
+            delays.append(delay)
             if write:
-                delays.append(campaign.failure(error))
                 campaign._changed()
         if self._metrics is not None:
             self._metrics.tick_failed()
-        self._renew_at = now + max(delays[1:] or delays)
+        self._renew_at = now + min(delays, default=FIRST_RETRY)
 
     def _schedule_expiries(
         self, batch: list[tuple[GroupedCampaign, bool]], tick: Tick, now: float
@@ -584,4 +591,11 @@ def _after_fork_in_child() -> None:
     _live.clear()
 
 
+def close_all_groups() -> None:
+    """Close every open group (each releasing its flags in one statement)."""
+    for group in list(_live):
+        group.close()
+
+
 os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(close_all_groups)  # before the flags' own (atexit runs in reverse order)

@@ -802,6 +802,7 @@ class PostgresStore(ConnectedStore):
     def _prepare(self) -> None:
         statements = self._resolve(create=True)
         assert statements is not None
+        self._prepare_release()
         table = statements.table
         quoted = QualifiedName.parse(table).quoted()
         if not self._query(NAME_IS_UNIQUE, {"table": quoted})[0][0]:
@@ -1018,7 +1019,6 @@ class PostgresStore(ConnectedStore):
         one that came with a statement's reply: then at once), or on the socket turning
         readable. A socket wake that brought no notification (a dropped connection, a
         message no statement reads) is not repeated within ``SOCKET_WAKE_SPACING``."""
-        self._prepare_release()  # may read notifications too
         if self._notified:
             self._notified = False
             return
@@ -1035,25 +1035,25 @@ class PostgresStore(ConnectedStore):
             self._sleep(seconds, wake_fd)
 
     def _prepare_release(self) -> None:
-        """On pg8000 (native), prepare the release statement ahead, once per connection,
-        while nothing waits on it: else the release after ``close()`` pays a second round
-        trip (and a plan) just when a waiting process could take over. A failure here is
-        left to the release itself (the connection is dropped if it may be broken)."""
+        """On pg8000 (native), prepare the release statement ahead (in ``prepare()``): else
+        the release after ``close()`` pays a second round trip (and a plan) just when a
+        waiting process could take over. After a reconnection, the first release prepares
+        it again (one extra round trip, once)."""
         conn, statements = self._conn, self._sql
         if conn is None or statements is None or self._per_transaction:
             return
-        sql = statements.release.sql
-        if sql in self._prepared or _pg8000_native(conn) is None:
+        if _pg8000_native(conn) is None or statements.release.sql in self._prepared:
             return
+        deadline = self._budget or time.monotonic() + self._timeout
         try:
-            with self._watchdog.bound(
-                time.monotonic() + self._timeout, lambda: cut_connection(conn)
-            ):
-                self._prepared[sql] = conn.prepare(_named_placeholders(sql))
-            self._take_notifications(conn)
-        except Exception as error:
+            with self._watchdog.bound(deadline, lambda: cut_connection(conn)):
+                prepared = conn.prepare(_named_placeholders(statements.release.sql))
+        except Exception as error:  # left to the release itself
             if self._watchdog.fired or not _connection_survives(error):
                 self._reset()
+            return
+        self._prepared[statements.release.sql] = prepared
+        self._take_notifications(conn)
 
     def _socket(self) -> int | None:
         """The connection's socket, to wake on notifications or on a dropped connection."""
