@@ -6,12 +6,12 @@ not say (written by the Go package).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .backends import open_store
-from .store import StoredRow
+from .store import StoredMember, StoredRow
 
-__all__ = ["FlagRow", "Listing", "list_flags", "read_flags", "release_flag"]
+__all__ = ["FlagRow", "Listing", "MemberRow", "list_flags", "read_flags", "release_flag"]
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,35 @@ class FlagRow:
 
 
 @dataclass(frozen=True)
+class MemberRow:
+    """One member of a pool of balancing groups (see ``FlagGroup.balance``), aged on the
+    database clock; ``holds`` are the flags whose live row names it as holder."""
+
+    pool: str
+    member: str
+    age: float
+    lease: float
+    holds: tuple[str, ...]
+
+    @property
+    def left(self) -> float:
+        """Seconds before the member stops counting unless it heartbeats (0 when gone)."""
+        return max(self.lease - self.age, 0.0)
+
+    @property
+    def live(self) -> bool:
+        return self.age <= self.lease
+
+
+@dataclass(frozen=True)
 class Listing:
     """The rows of one flags table; ``table`` is its name as operators should read it
-    (schema-qualified on PostgreSQL when the table exists)."""
+    (schema-qualified on PostgreSQL when the table exists); ``members`` the pools'
+    members, from the members table beside it (empty when no group balances)."""
 
     table: str
     rows: list[FlagRow]
+    members: list[MemberRow] = field(default_factory=list)
 
 
 def list_flags(
@@ -60,7 +83,8 @@ def list_flags(
     store = open_store(handle, timeout, prepare=False, table=table)
     try:
         rows = [_aged(row, interval) for row in store.read_rows(name)]
-        return Listing(store.table, rows)
+        members = [_member(member, rows) for member in store.read_members()]
+        return Listing(store.table, rows, members)
     finally:
         store.close()
 
@@ -98,3 +122,8 @@ def release_flag(
 def _aged(row: StoredRow, interval: float) -> FlagRow:
     lease = interval if row.lease is None else row.lease
     return FlagRow(row.name, row.holder, row.version, row.age, lease)
+
+
+def _member(member: StoredMember, rows: list[FlagRow]) -> MemberRow:
+    holds = tuple(row.name for row in rows if row.holder == member.member and not row.expired)
+    return MemberRow(member.pool, member.member, member.age, member.lease, holds)

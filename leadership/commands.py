@@ -14,6 +14,7 @@ import argparse
 import errno
 import os
 import sys
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .arguments import (
@@ -29,7 +30,7 @@ from .builder import new_flag
 from .timing import Timing
 
 if TYPE_CHECKING:
-    from .admin import FlagRow
+    from .admin import FlagRow, Listing
 
 # Each command imports what only it needs (the stores, the supervisor, the demo) when it
 # runs: ``leadership --help`` and a usage error stay quick.
@@ -165,6 +166,11 @@ def add_status(commands: Commands) -> None:
     )
     add_flag_options(parser, name_required=False)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--members",
+        action="store_true",
+        help="list the members of the pools of balancing groups instead of the flags",
+    )
     parser.set_defaults(run=_status)
 
 
@@ -181,6 +187,8 @@ def _status(args: argparse.Namespace) -> int:
 
     listing = list_flags(handle_of(args), args.interval, args.timeout, args.name, table=args.table)
     rows = listing.rows
+    if args.members:
+        return _print_members(listing, args.json)
     if args.name is not None and not rows:
         raise UsageError(f"no flag named {args.name!r}")
     if args.json:
@@ -207,17 +215,54 @@ def _status(args: argparse.Namespace) -> int:
     for row in rows:
         age = "-" if row.age > RELEASED_AGE else f"{row.age:.1f}s"
         table.append((row.name, row.holder, str(row.version), age, f"{row.left:.1f}s", _state(row)))
+    _print_table(table, "(no flags)")
+    handle = handle_of(args)
+    sqlite = isinstance(handle, str) and handle.startswith("sqlite:")
+    clock = "the host's boot clock" if sqlite else "the database clock"
+    print(f"(table {listing.table}; times on {clock})")
+    if listing.members and args.name is None:
+        print()
+        _print_members(listing, False)
+    return 0
+
+
+def _print_table(table: Sequence[tuple[str, ...]], empty: str) -> None:
     widths = [max(len(line[column]) for line in table) for column in range(len(table[0]))]
     for line in table:
         print(
             "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
         )
     if len(table) == 1:
-        print("(no flags)")
-    handle = handle_of(args)
-    sqlite = isinstance(handle, str) and handle.startswith("sqlite:")
-    clock = "the host's boot clock" if sqlite else "the database clock"
-    print(f"(table {listing.table}; times on {clock})")
+        print(empty)
+
+
+def _print_members(listing: Listing, as_json: bool) -> int:
+    """The pools' members: pool, member, heartbeat age, time left, live, flags held."""
+    import json
+
+    members = listing.members
+    if as_json:
+        listed = [
+            {
+                "pool": m.pool,
+                "member": m.member,
+                "age": round(m.age, 3),
+                "left": round(m.left, 3),
+                "live": m.live,
+                "holds": list(m.holds),
+            }
+            for m in members
+        ]
+        json.dump(listed, sys.stdout, indent=2)
+        print()
+        return 0
+    table = [("POOL", "MEMBER", "AGE", "LEFT", "STATE", "HOLDS")]
+    for m in members:
+        state = "live" if m.live else "gone"
+        holds = f"{len(m.holds)}: {', '.join(m.holds)}" if m.holds else "0"
+        table.append((m.pool, m.member, f"{m.age:.1f}s", f"{m.left:.1f}s", state, holds))
+    _print_table(table, "(no members)")
+    print(f"(members table beside {listing.table})")
     return 0
 
 
