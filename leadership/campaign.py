@@ -63,7 +63,7 @@ class Contender:
     """
 
     __slots__ = (
-        "__weakref__", "_changed", "_clock", "_duplicate_reported", "_exchange",
+        "__weakref__", "_aside_until", "_changed", "_clock", "_duplicate_reported", "_exchange",
         "_failures", "_jitter", "_lease", "_lock", "_logger", "_metrics", "_name",
         "_precheck", "_precheck_refused", "_process", "_reported", "_resign_for",
         "_stopping", "_store", "_tenure", "_timing",
@@ -99,6 +99,7 @@ class Contender:
         self._tenure = Tenure()
         self._stopping = False
         self._resign_for: float | None = None  # seconds to stand aside, when asked to
+        self._aside_until = 0  # lease-clock ns: a resignation lasts until then
         self._reported = False  # raised state as last logged and counted
         self._duplicate_reported = False
         self._precheck_refused = False
@@ -144,7 +145,11 @@ class Contender:
             resign_for, self._resign_for = self._resign_for, None
         if resign_for is not None:
             self._step_aside("asked to resign")
+            self._aside_until = self._clock() + int(resign_for * 1e9)
             return resign_for
+        aside = (self._aside_until - self._clock()) / 1e9
+        if aside > 0:  # woken early (a notification, its own release's included): not yet
+            return aside
         if self._precheck is not None and not self._precheck_passes():
             self._step_aside("the precheck said no")
             return self._jitter(self._timing.renew_every, self._timing.jitter)
