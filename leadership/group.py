@@ -181,7 +181,10 @@ class FlagGroup:
         ``pool``); membership is a lease renewed with the flags, in the members table
         beside the flags table. Call it once per group.
         """
-        wanted = list(dict.fromkeys(names if not isinstance(names, str) else [names]))
+        from .builder import _text
+
+        given = [names] if isinstance(names, str) else list(names)
+        wanted = list(dict.fromkeys(_text("name", name) for name in given))  # all checked first
         if not wanted:
             raise ConfigurationError("balance", "expected at least one flag name")
         if pool is not None and (not isinstance(pool, str) or not pool.strip()):
@@ -395,8 +398,9 @@ class FlagGroup:
                 campaign.released(mine, campaign.name in released, "closed")
         for campaign in campaigns:
             self._campaigns.pop(campaign.name, None)
-            with contextlib.suppress(Exception):
-                self._store.unwatch(campaign.name)
+            if not leave:  # closing the group closes the connection: no UNLISTEN needed
+                with contextlib.suppress(Exception):
+                    self._store.unwatch(campaign.name)
             campaign._done.set()
             campaign._changed()
 
