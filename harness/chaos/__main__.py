@@ -65,12 +65,40 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         metavar="WORKDIR",
         help="do not run: report again on an experiment kept with --workdir",
     )
+    parser.add_argument(
+        "--groups",
+        type=int,
+        default=0,
+        metavar="N",
+        help="group mode: each contender is a group over the same N flags (chaos-0 ...); "
+        "the report checks each flag (default 0: one single flag per contender)",
+    )
+    parser.add_argument(
+        "--balancers",
+        type=int,
+        help="group mode: how many contenders balance() the flags; the others add a flag "
+        "for each name (default: half of them, rounded up)",
+    )
+    parser.add_argument(
+        "--single",
+        action="store_true",
+        help="group mode: one more contender, a single new_flag() for the first flag",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.groups < 0 or (args.balancers is not None and args.balancers < 0):
+        print("--groups and --balancers must not be negative", file=sys.stderr)
+        return 2
+    if (args.balancers is not None or args.single) and not args.groups:
+        print("--balancers and --single need --groups", file=sys.stderr)
+        return 2
+    if args.unsafe and args.groups:
+        print("--unsafe is for single flags only (not with --groups)", file=sys.stderr)
+        return 2
     settings = Settings(
         seconds=args.seconds,
         max_faults=args.faults,
@@ -85,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         workdir=args.workdir,
         contender_log_level=args.contender_log_level,
         witness_sleep=args.witness_sleep,
+        groups=args.groups,
+        balancers=args.balancers,
+        single=args.single,
     )
 
     def progress(text: str) -> None:
@@ -105,7 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             caption = (
                 f"{summary.overlaps} overlaps, availability {summary.availability * 100:.0f} %"
             )
-            write(experiment, args.svg, caption=caption)
+            first = experiment.settings.flag_names[0]
+            if experiment.flag_histories:
+                caption += f"; flag {first} shown, of {len(experiment.flag_histories)}"
+            write(experiment.for_flag(first), args.svg, caption=caption)
     finally:
         if args.workdir is None and args.reanalyse is None:
             shutil.rmtree(experiment.workdir, ignore_errors=True)

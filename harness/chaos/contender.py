@@ -3,11 +3,16 @@
 ``python -m harness.chaos.contender --dsn DSN --name N --process P --log FILE ...``
 (run with the checkout on ``PYTHONPATH``; see :func:`harness.child_env`).
 
-The witness log (see :mod:`leadership.testing`) gets a BUILT mark once the flag is
-built and a CLOSE mark around ``close()``. SIGTERM closes the flag gracefully and exits
-0; the process dies with its parent (parent-death signal). ``--unsafe`` wraps the flag
-in a deliberately broken :class:`CachedFlag` (the Go ancestor's behaviour), to show
-that the checker catches it.
+Group mode: ``--names A,B,... --role balance|flags|single --log-dir DIR`` builds a group
+(:func:`leadership.new_group`) that balances the names (``balance``) or adds a flag for
+each (``flags``), or a single flag for the first name (``single``), and witnesses every
+flag in one loop (:mod:`.witnesses`), flag ``F`` in ``DIR/P@F.log`` (:func:`flag_log`).
+
+The witness log (see :mod:`leadership.testing`) gets a BUILT mark once the flag (or the
+group and its flags) is built and a CLOSE mark around ``close()``. SIGTERM closes the
+flag (or the group) gracefully and exits 0; the process dies with its parent
+(parent-death signal). ``--unsafe`` wraps the flag in a deliberately broken
+:class:`CachedFlag` (the Go ancestor's behaviour), to show that the checker catches it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import leadership
@@ -29,7 +35,18 @@ from leadership.deadman import die_with_parent
 from leadership.store import TABLE
 from leadership.testing import Kind, Witness
 
-__all__ = ["CachedFlag", "main"]
+from .witnesses import Witnesses
+
+__all__ = ["ROLES", "CachedFlag", "flag_log", "main"]
+
+ROLES = ("balance", "flags", "single")
+"""Group mode: a group balancing the names, a group with a flag for each name, or a
+single flag (``new_flag()``) for the first name."""
+
+
+def flag_log(directory: Path, process: str, flag: str) -> Path:
+    """Where ``process`` writes the witness log of flag ``flag`` in group mode."""
+    return directory / f"{process}@{flag}.log"
 
 
 class CachedFlag:
@@ -111,12 +128,88 @@ def _build(args: argparse.Namespace) -> leadership.Flag:
             time.sleep(0.05)
 
 
+def _build_group(args: argparse.Namespace, names: list[str]) -> tuple[Any, list[Any]]:
+    """Build the group and its flags, retrying while the database is unreachable: a
+    failed attempt closes its group and starts again."""
+    while True:
+        group: Any = None
+        try:
+            group = (
+                leadership.new_group()
+                .handle(args.dsn)
+                .process(args.process)
+                .interval(args.interval)
+                .jitter(args.jitter)
+                .timeout(args.timeout)
+                .build()
+            )
+            if args.role == "balance":
+                return group, group.balance(names)
+            return group, [group.flag(name) for name in names]
+        except Exception as error:
+            if not isinstance(error, leadership.StoreUnavailable):
+                logging.getLogger("leadership").warning("group build failed, retrying: %s", error)
+            if group is not None:
+                with contextlib.suppress(Exception):
+                    group.close()
+            time.sleep(0.05)
+
+
+def _run_group(args: argparse.Namespace, parent: int) -> int:
+    """Group mode: build, witness every flag, close on SIGTERM."""
+    names = [name for name in args.names.split(",") if name]
+    if args.role == "single":
+        names = names[:1]
+    witnesses: Witnesses | None = None
+    stopped = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopped
+        stopped = True
+        if witnesses is not None:
+            witnesses.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    before = time.monotonic_ns()
+    group: Any = None
+    if args.role == "single":
+        args.name = names[0]
+        flags: list[Any] = [_build(args)]
+    else:
+        group, flags = _build_group(args, names)
+    directory = Path(args.log_dir)
+    witnesses = Witnesses(
+        [
+            (flag.raised, flag_log(directory, args.process, name))
+            for flag, name in zip(flags, names, strict=True)
+        ],
+        max_gap=args.max_gap,
+    )
+    witnesses.stopping = stopped
+    witnesses.mark(Kind.BUILT, before, time.monotonic_ns())
+    if os.getppid() != parent:
+        return 1
+    witnesses.watch(args.witness_sleep)
+    before = time.monotonic_ns()
+    if group is not None:
+        group.close()
+    else:
+        flags[0].close()
+    witnesses.mark(Kind.CLOSE, before, time.monotonic_ns())
+    witnesses.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dsn", required=True)
-    parser.add_argument("--name", required=True)
+    parser.add_argument("--name", help="the flag (single-flag mode)")
     parser.add_argument("--process", required=True)
-    parser.add_argument("--log", required=True, help="witness log file (appended)")
+    parser.add_argument("--log", help="witness log file (appended; single-flag mode)")
+    parser.add_argument("--names", help="group mode: comma-separated flag names")
+    parser.add_argument("--role", choices=ROLES, default="flags", help="group mode")
+    parser.add_argument("--log-dir", help="group mode: where the per-flag logs go")
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--jitter", type=float, default=0.2)
     parser.add_argument("--timeout", type=float, default=0.3)
@@ -128,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="WARNING", help="of the flag's logger")
     parser.add_argument("--unsafe", action="store_true", help="cached boolean, no deadline")
     args = parser.parse_args(argv)
+    if args.names is None and (args.name is None or args.log is None):
+        parser.error("either --name and --log, or --names and --log-dir")
+    if args.names is not None and args.log_dir is None:
+        parser.error("--names needs --log-dir")
 
     die_with_parent()
     parent = os.getppid()
@@ -136,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s {args.process} %(threadName)s %(levelname)s %(message)s",
     )
     sys.setswitchinterval(args.switch_interval)
+    if args.names is not None:
+        return _run_group(args, parent)
     witness = Witness(args.log, max_gap=args.max_gap)
 
     def stop(signum: int, frame: object) -> None:

@@ -103,7 +103,9 @@ class Fault:
     """A fault as it was injected (CLOCK_MONOTONIC ns).
 
     ``victim`` is the contender process it hit (None for database faults); ``holder``
-    the process that held the flag when it started, as the witnesses showed it.
+    the process that held the flag when it started, as the witnesses showed it. In
+    group mode ``flag`` is the flag the fault aims at (whose holder it may hit, whose
+    row ``steal`` takes, whose failover it measures); None otherwise.
     """
 
     kind: str
@@ -112,3 +114,4 @@ class Fault:
     victim: str | None = None
     holder: str | None = None
     detail: str = ""
+    flag: str | None = None

@@ -18,6 +18,10 @@ Definitions (CLOCK_MONOTONIC; see :mod:`leadership.testing` for runs):
 - For ``stop`` and ``partition`` of a holder that another process replaced during the
   fault, *first after resume* is the result of the victim's first ``raised()`` call made
   after SIGCONT or after the partition healed (see ``History.first_call_after``).
+- A *takeover* is a tenure of a flag that follows a tenure of another process.
+- In group mode each flag is judged on its own histories (overlaps, availability,
+  takeovers: per flag and in total), and each fault is measured on the flag it aimed
+  at (its ``flag``); availability is the mean over the flags.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import json
 import math
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +40,16 @@ from leadership.testing import History, Kind, Overlap, judge
 from .faults import ALL_KINDS, KINDS, PROCESS_KINDS, Fault
 from .runner import Experiment
 
-__all__ = ["Outcome", "Summary", "Tenure", "aggregate", "summarise", "tenures"]
+__all__ = [
+    "FlagFigures",
+    "Outcome",
+    "Summary",
+    "Tenure",
+    "aggregate",
+    "summarise",
+    "takeovers",
+    "tenures",
+]
 
 TENURE_GAP = 100_000_000
 """Runs of one process closer than this (ns) belong to one tenure."""
@@ -95,6 +109,24 @@ def tenures(histories: Iterable[History], gap: int = TENURE_GAP) -> list[Tenure]
         if current is not None:
             found.append(current)
     return sorted(found, key=lambda t: t.start)
+
+
+def takeovers(all_tenures: Sequence[Tenure]) -> int:
+    """How many tenures (sorted by start) follow a tenure of another process."""
+    return sum(a.process != b.process for a, b in pairwise(all_tenures))
+
+
+@dataclass
+class FlagFigures:
+    """One flag's figures in group mode: overlaps, the worst one (ms), availability
+    (0-1), takeovers, faults aimed at it, and how many processes held it."""
+
+    overlaps: int
+    worst_overlap_ms: float
+    availability: float
+    takeovers: int
+    faults: int
+    holders: int
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -175,6 +207,8 @@ class Summary:
     first_after_resume: dict[str, list[bool]]  # results of those first calls (True: bad)
     outcomes: list[Outcome]
     notes: list[str]
+    takeovers: int = 0
+    flags: dict[str, FlagFigures] = field(default_factory=dict)
 
     @property
     def total_faults(self) -> int:
@@ -204,7 +238,19 @@ class Summary:
             f"overlaps: {self.overlaps} (worst {self.worst_overlap_ms:.3f} ms)",
         ]
         lines += [f"  {example}" for example in self.overlap_examples[:10]]
-        lines.append(f"availability: {self.availability * 100:.2f} % of the time some process held")
+        lines.append(f"takeovers: {self.takeovers}")
+        if self.flags:
+            lines.append(
+                f"  {'flag':16} {'overlaps':>8} {'takeovers':>9} {'faults':>6} {'holders':>7} "
+                f"{'available':>9}"
+            )
+            for name, f in self.flags.items():
+                lines.append(
+                    f"  {name:16} {f.overlaps:8} {f.takeovers:9} {f.faults:6} {f.holders:7} "
+                    f"{f.availability * 100:8.2f}%"
+                )
+        held = "some process held" if not self.flags else "a flag was held (mean over flags)"
+        lines.append(f"availability: {self.availability * 100:.2f} % of the time {held}")
         lines.append(
             "failover after each kind of fault that deposed the holder (fault -> next process"
             " raised; recovery: from the fault's end), ms:"
@@ -261,6 +307,7 @@ class Summary:
         fields.pop("total_faults", None)
         fields.pop("failed", None)
         fields["outcomes"] = [Outcome(**o) for o in fields["outcomes"]]
+        fields["flags"] = {n: FlagFigures(**f) for n, f in fields.get("flags", {}).items()}
         return cls(**fields)
 
 
@@ -274,16 +321,28 @@ def _describe(overlap: Overlap, origin: int) -> str:
 
 
 def summarise(experiment: Experiment) -> Summary:
-    """The figures of one experiment."""
+    """The figures of one experiment (per flag too, in group mode)."""
     s = experiment.settings
-    histories = list(experiment.histories.values())
-    report = judge(histories, experiment.start, experiment.end)
-    all_tenures = tenures(histories)
+    by_flag = experiment.flag_histories or {s.name: experiment.histories}
+    reports = {
+        name: judge(list(h.values()), experiment.start, experiment.end)
+        for name, h in by_flag.items()
+    }
+    flag_tenures = {name: tenures(h.values()) for name, h in by_flag.items()}
     starts = [f.start for f in experiment.faults[1:]] + [experiment.end]
-    outcomes = [
-        _outcome(f, experiment.histories, all_tenures, int(s.interval * 1e9), experiment.start, n)
-        for f, n in zip(experiment.faults, starts, strict=True)
-    ]
+    outcomes = []
+    for fault, next_start in zip(experiment.faults, starts, strict=True):
+        name = fault.flag if fault.flag in by_flag else s.name
+        outcomes.append(
+            _outcome(
+                fault,
+                by_flag[name],
+                flag_tenures[name],
+                int(s.interval * 1e9),
+                experiment.start,
+                next_start,
+            )
+        )
     used = [kind for kind in ALL_KINDS if kind in s.kinds or kind in KINDS]
     counts = {kind: 0 for kind in used}
     failover: dict[str, list[float]] = {kind: [] for kind in used}
@@ -297,21 +356,40 @@ def summarise(experiment: Experiment) -> Summary:
                 recovery[outcome.kind].append(outcome.recovery_ms)
         if outcome.first_after_resume is not None:
             resume[outcome.kind].append(outcome.first_after_resume)
+    grouped = bool(experiment.flag_histories)
+    flags = {
+        name: FlagFigures(
+            overlaps=len(report.overlaps),
+            worst_overlap_ms=report.worst_overlap_ns / 1e6,
+            availability=report.availability,
+            takeovers=takeovers(flag_tenures[name]),
+            faults=sum(f.flag == name for f in experiment.faults),
+            holders=len({t.process for t in flag_tenures[name]}),
+        )
+        for name, report in reports.items()
+    }
+    examples = [
+        (f"{name}: " if grouped else "") + _describe(o, experiment.start)
+        for name, report in reports.items()
+        for o in report.overlaps[:20]
+    ]
     return Summary(
         seeds=[s.seed],
         seconds=(experiment.end - experiment.start) / 1e9,
         interval=s.interval,
         timeout=s.flag_timeout,
         faults=counts,
-        overlaps=len(report.overlaps),
-        worst_overlap_ms=report.worst_overlap_ns / 1e6,
-        overlap_examples=[_describe(o, experiment.start) for o in report.overlaps[:20]],
-        availability=report.availability,
+        overlaps=sum(f.overlaps for f in flags.values()),
+        worst_overlap_ms=max(f.worst_overlap_ms for f in flags.values()),
+        overlap_examples=examples[:20],
+        availability=sum(f.availability for f in flags.values()) / len(flags),
         failover_ms=failover,
         recovery_ms=recovery,
         first_after_resume=resume,
         outcomes=outcomes,
         notes=list(experiment.notes),
+        takeovers=sum(f.takeovers for f in flags.values()),
+        flags=flags if grouped else {},
     )
 
 
@@ -337,7 +415,32 @@ def aggregate(summaries: Sequence[Summary]) -> Summary:
         },
         outcomes=[o for s in summaries for o in s.outcomes],
         notes=[n for s in summaries for n in s.notes],
+        takeovers=sum(s.takeovers for s in summaries),
+        flags=_merge_flags(summaries),
     )
+
+
+def _merge_flags(summaries: Sequence[Summary]) -> dict[str, FlagFigures]:
+    """Per-flag figures of several runs: counts added, availability time-weighted."""
+    merged: dict[str, FlagFigures] = {}
+    seconds: dict[str, float] = {}
+    for summary in summaries:
+        for name, f in summary.flags.items():
+            was = merged.get(name)
+            total = seconds.get(name, 0.0) + summary.seconds
+            if was is None:
+                merged[name] = FlagFigures(**asdict(f))
+            else:
+                was.overlaps += f.overlaps
+                was.worst_overlap_ms = max(was.worst_overlap_ms, f.worst_overlap_ms)
+                was.availability = (
+                    was.availability * seconds[name] + f.availability * summary.seconds
+                ) / (total or 1.0)
+                was.takeovers += f.takeovers
+                was.faults += f.faults
+                was.holders += f.holders
+            seconds[name] = total
+    return merged
 
 
 def main(argv: list[str] | None = None) -> int:

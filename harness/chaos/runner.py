@@ -9,6 +9,14 @@ second port, each contender reaching each node through its own proxy (a partitio
 both) with ``target_session_attrs=read-write``. A failover crashes the primary
 (``stop -m immediate``), promotes the standby and builds a new standby from it on the
 crashed node's port; the other kinds hit whichever node is the primary.
+
+Group mode (``groups`` > 0): the contenders are groups (:func:`leadership.new_group`) over
+the same ``groups`` flags; the first ``balancers`` of them balance the list, the others
+add a flag for each name, and with ``single`` one more contender holds a single flag
+(``new_flag()``) for the first name. Each process witnesses each of its flags in its own
+log, so each flag has its own histories. Faults take the flags in turn as their
+target: a process fault aimed at the holder hits the target flag's holder, ``steal``
+takes the target flag's row, and the report measures failover on the target flag.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from leadership.store import TABLE
 from leadership.testing import RECORD, History, Kind, read_history
 from leadership.timing import SAFETY_MARGIN, Timing
 
+from .contender import flag_log
 from .faults import KINDS, Fault, FaultSpec, schedule
 
 __all__ = ["Experiment", "Settings", "load", "run", "save"]
@@ -67,6 +76,36 @@ class Settings:
     workdir: Path | None = None
     contender_log_level: str = "WARNING"
     witness_sleep: float = 0.0
+    groups: int = 0
+    balancers: int | None = None
+    single: bool = False
+
+    @property
+    def grouped(self) -> bool:
+        """True in group mode."""
+        return self.groups > 0
+
+    @property
+    def flag_names(self) -> tuple[str, ...]:
+        """The flags contended for: ``name-0`` ... in group mode, else ``name``."""
+        if not self.grouped:
+            return (self.name,)
+        return tuple(f"{self.name}-{i}" for i in range(self.groups))
+
+    @property
+    def slots(self) -> int:
+        """Contender slots: the contenders, and the single flag in group mode."""
+        return self.contenders + (1 if self.grouped and self.single else 0)
+
+    def role(self, slot: int) -> str:
+        """A slot's role: ``flag`` outside group mode, else ``balance``, ``flags`` or
+        ``single`` (see :mod:`.contender`)."""
+        if not self.grouped:
+            return "flag"
+        if slot >= self.contenders:
+            return "single"
+        balancers = self.balancers if self.balancers is not None else (self.contenders + 1) // 2
+        return "balance" if slot < balancers else "flags"
 
     @property
     def witness_gap(self) -> float:
@@ -83,18 +122,23 @@ class Settings:
 
 @dataclass
 class Contender:
-    """One contender process (``slot`` is its lane; each replacement is a new generation)."""
+    """One contender process (``slot`` is its lane; each replacement is a new generation);
+    ``logs`` its witness log per flag (``log`` is the first)."""
 
     slot: int
     generation: int
     process: str
     log: Path
     popen: subprocess.Popen[bytes]
+    logs: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass
 class Experiment:
-    """Everything a run produced: histories by process, the faults, the window (ns)."""
+    """Everything a run produced: histories by process, the faults, the window (ns).
+
+    In group mode ``flag_histories`` holds the histories by flag, then by process, and
+    ``histories`` those of the first flag (the one a single flag contends for too)."""
 
     settings: Settings
     histories: dict[str, History]
@@ -104,6 +148,13 @@ class Experiment:
     end: int
     workdir: Path
     notes: list[str] = field(default_factory=list)
+    flag_histories: dict[str, dict[str, History]] = field(default_factory=dict)
+
+    def for_flag(self, flag: str) -> Experiment:
+        """The experiment as seen by one flag (its histories only)."""
+        if not self.flag_histories:
+            return self
+        return dataclasses.replace(self, histories=self.flag_histories[flag])
 
 
 class ProxyGroup:
@@ -195,21 +246,28 @@ class Fleet:
     def spawn(self, slot: int) -> Contender:
         generation = self._generations.get(slot, 0)
         self._generations[slot] = generation + 1
-        process = f"c{slot}.{generation}"
-        path = self.logdir / f"{process}.log"
         s = self.settings
+        role = s.role(slot)
+        prefix = {"flag": "c", "balance": "b", "flags": "g", "single": "s"}[role]
+        process = f"{prefix}{slot}.{generation}"
         command = [
             sys.executable,
             "-m",
             "harness.chaos.contender",
             "--dsn",
             self._dsn(slot, process),
-            "--name",
-            s.name,
             "--process",
             process,
-            "--log",
-            str(path),
+        ]
+        if s.grouped:
+            names = s.flag_names[:1] if role == "single" else s.flag_names
+            logs = {name: flag_log(self.logdir, process, name) for name in names}
+            command += ["--names", ",".join(names), "--role", role, "--log-dir", str(self.logdir)]
+        else:
+            logs = {s.name: self.logdir / f"{process}.log"}
+            command += ["--name", s.name, "--log", str(logs[s.name])]
+        path = next(iter(logs.values()))
+        command += [
             "--interval",
             str(s.interval),
             "--jitter",
@@ -230,7 +288,7 @@ class Fleet:
                 stderr=errors,
                 env=child_env(),
             )
-        contender = Contender(slot, generation, process, path, popen)
+        contender = Contender(slot, generation, process, path, popen, logs)
         self.live[slot] = contender
         self.all.append(contender)
         return contender
@@ -245,13 +303,18 @@ class Fleet:
             f"?target_session_attrs=read-write&application_name={process}"
         )
 
-    def raised_now(self) -> list[Contender]:
-        """Contenders whose witness shows them raised right now."""
+    def raised_now(self, flag: str | None = None) -> list[Contender]:
+        """Contenders whose witness shows them raised right now (for ``flag``, default
+        the first)."""
         now = time.monotonic_ns()
-        return [c for c in self.live.values() if _raised_in_log(c.log, now)]
+        name = flag if flag is not None else self.settings.flag_names[0]
+        return [
+            c for c in self.live.values() if name in c.logs and _raised_in_log(c.logs[name], now)
+        ]
 
-    def stop(self, contender: Contender, grace: float = 5.0) -> None:
-        """SIGTERM (graceful close), then SIGKILL after ``grace`` seconds."""
+    def stop(self, contender: Contender, grace: float = 5.0) -> bool:
+        """SIGTERM (graceful close), then SIGKILL after ``grace`` seconds; False when
+        it had to be killed."""
         with contextlib.suppress(ProcessLookupError):
             contender.popen.send_signal(signal.SIGCONT)
             contender.popen.terminate()
@@ -260,19 +323,26 @@ class Fleet:
         except subprocess.TimeoutExpired:
             contender.popen.kill()
             contender.popen.wait()
+            return False
+        return True
 
-    def stop_all(self, grace: float = 5.0) -> None:
+    def stop_all(self, grace: float = 5.0) -> list[str]:
+        """Stop every live contender as :meth:`stop` does; the processes that had to be
+        killed."""
         for contender in self.live.values():
             with contextlib.suppress(ProcessLookupError):
                 contender.popen.send_signal(signal.SIGCONT)
                 contender.popen.terminate()
         deadline = time.monotonic() + grace
+        killed = []
         for contender in self.live.values():
             try:
                 contender.popen.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 contender.popen.kill()
                 contender.popen.wait()
+                killed.append(contender.process)
+        return killed
 
     def kill_all(self) -> None:
         for contender in self.all:
@@ -348,11 +418,22 @@ class Injector:
         self.cluster = cluster
         self.admin = admin
         self.pair = pair
+        self.injected = 0
+        self.notes: list[str] = []
+
+    def target(self) -> str:
+        """The flag the next fault aims at: each flag in turn."""
+        names = self.settings.flag_names
+        return names[self.injected % len(names)]
 
     def inject(self, spec: FaultSpec) -> Fault:
-        raised = self.fleet.raised_now()
+        flag = self.target()
+        self.injected += 1
+        raised = self.fleet.raised_now(flag)
         holder = raised[0] if raised else None
         fault = Fault(spec.kind, 0, 0, holder=holder.process if holder else None)
+        if self.settings.grouped:
+            fault.flag = flag
         victim = self._victim(spec, holder)
         if spec.kind in ("kill", "close", "stop", "partition", "latency", "terminate"):
             fault.victim = victim.process
@@ -377,7 +458,8 @@ class Injector:
 
     def _close(self, spec: FaultSpec, victim: Contender, fault: Fault) -> None:
         fault.start = time.monotonic_ns()
-        self.fleet.stop(victim)
+        if not self.fleet.stop(victim):
+            self.notes.append(f"{victim.process} did not exit within 5 s of SIGTERM (killed)")
         fault.end = time.monotonic_ns()
         fault.detail = f"exit {victim.popen.returncode}"
         self.fleet.spawn(victim.slot)
@@ -436,7 +518,7 @@ class Injector:
         rows = self.admin.execute(
             f"UPDATE {TABLE} SET holder = 'thief', version = version + 1, "
             "timestamp = now() WHERE name = %s RETURNING version",
-            (self.settings.name,),
+            (fault.flag or self.settings.name,),
         )
         fault.detail = f"version {rows[0][0]}" if rows else "no row"
 
@@ -452,10 +534,11 @@ class Injector:
 
 
 def _wait_until_built(fleet: Fleet, timeout: float) -> bool:
-    """Wait until every live contender has built its flag (its BUILT mark is written)."""
+    """Wait until every live contender has built its flags (their BUILT marks are
+    written)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(_built(c.log) for c in fleet.live.values()):
+        if all(_built(log) for c in fleet.live.values() for log in c.logs.values()):
             return True
         time.sleep(0.01)
     return False
@@ -471,21 +554,23 @@ def _built(path: Path) -> bool:
     return len(data) == RECORD.size and RECORD.unpack(data)[0] == Kind.BUILT
 
 
-def _wait_for_holder(fleet: Fleet, timeout: float, admin: Admin | None = None) -> bool:
-    """Wait until a contender is raised and, given ``admin``, the row names it."""
+def _wait_for_holder(fleet: Fleet, timeout: float, admin: Admin | None = None) -> list[str]:
+    """Wait until every flag has a raised contender and, given ``admin``, its row names
+    it; the flags still without one at the timeout (empty: all held)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        raised = {c.process for c in fleet.raised_now()}
-        if raised and admin is None:
-            return True
-        if raised and admin is not None:
+    waiting = list(fleet.settings.flag_names)
+    while True:
+        raised = {name: {c.process for c in fleet.raised_now(name)} for name in waiting}
+        waiting = [name for name in waiting if not raised[name]]
+        if admin is not None and not waiting:
             rows = admin.execute(
-                f"SELECT holder FROM {TABLE} WHERE name = %s", (fleet.settings.name,)
+                f"SELECT name, holder FROM {TABLE} WHERE name = ANY(%s)", (list(raised),)
             )
-            if rows and rows[0][0] in raised:
-                return True
+            holders = dict(rows)
+            waiting = [name for name in raised if holders.get(name) not in raised[name]]
+        if not waiting or time.monotonic() >= deadline:
+            return waiting
         time.sleep(0.01)
-    return False
 
 
 @contextlib.contextmanager
@@ -537,19 +622,23 @@ def _run(settings: Settings, workdir: Path, say: Any) -> Experiment:
         if pair is not None:
             stack.callback(pair.remove)
         ports = pair.ports if pair is not None else [cluster.port]
-        proxies = [ProxyGroup(ports) for _ in range(settings.contenders)]
+        proxies = [ProxyGroup(ports) for _ in range(settings.slots)]
         for group in proxies:
             stack.callback(group.close)
         fleet = Fleet(settings, cluster, proxies, logdir)
         injector = Injector(settings, fleet, cluster, admin, pair)
         try:
-            for slot in range(settings.contenders):
+            for slot in range(settings.slots):
                 fleet.spawn(slot)
-            if not _wait_until_built(fleet, 60.0) or not _wait_for_holder(fleet, 30.0):
-                raise RuntimeError("the contenders did not start and raise the flag in time")
+            if not _wait_until_built(fleet, 60.0) or _wait_for_holder(fleet, 30.0):
+                raise RuntimeError("the contenders did not start and raise the flags in time")
             start = time.monotonic_ns()
             deadline = time.monotonic() + settings.seconds
-            say(f"cluster on port {cluster.port}, {settings.contenders} contenders, started")
+            roles = ""
+            if settings.grouped:
+                roles = " (" + ", ".join(settings.role(i) for i in range(settings.slots)) + ")"
+                roles += f" over {settings.groups} flags"
+            say(f"cluster on port {cluster.port}, {settings.slots} contenders{roles}, started")
             for spec in specs:
                 if time.monotonic() + spec.duration + settings.interval > deadline:
                     break
@@ -558,27 +647,62 @@ def _run(settings: Settings, workdir: Path, say: Any) -> Experiment:
                 time.sleep(0.6 * settings.interval)  # the longest a holder may take to notice
                 if not _wait_until_built(fleet, 20.0):
                     notes.append(f"a replacement took over 20 s to start after {fault.kind}")
+                aimed = f" flag={fault.flag}" if fault.flag else ""
                 say(
-                    f"{(fault.start - start) / 1e9:7.2f} s {fault.kind:9} "
+                    f"{(fault.start - start) / 1e9:7.2f} s {fault.kind:9}{aimed} "
                     f"victim={fault.victim} holder={fault.holder} {fault.detail}"
                 )
-                if not _wait_for_holder(fleet, 4 * settings.interval + 2.0, admin):
+                unheld = _wait_for_holder(fleet, 4 * settings.interval + 2.0, admin)
+                if unheld:
+                    which = f" for {', '.join(unheld)}" if settings.grouped else ""
                     notes.append(
-                        f"no holder within {4 * settings.interval + 2:.0f} s after "
+                        f"no holder{which} within {4 * settings.interval + 2:.0f} s after "
                         f"{fault.kind} at {(fault.start - start) / 1e9:.2f} s"
                     )
                 time.sleep(spec.pause)
             _wait_for_holder(fleet, 2 * settings.interval)
             end = time.monotonic_ns()
-            fleet.stop_all()
+            notes += [
+                f"{process} did not exit within 5 s of SIGTERM at the end (killed)"
+                for process in fleet.stop_all()
+            ]
         finally:
+            notes += injector.notes
             fleet.kill_all()
             admin.close()
-    histories = {c.process: read_history(c.log, c.process) for c in fleet.all}
     slots = {c.process: c.slot for c in fleet.all}
-    experiment = Experiment(settings, histories, slots, faults, start, end, workdir, notes)
+    flag_histories = _read_histories(settings, workdir, slots)
+    histories = flag_histories[settings.flag_names[0]]
+    experiment = Experiment(
+        settings,
+        histories,
+        slots,
+        faults,
+        start,
+        end,
+        workdir,
+        notes,
+        flag_histories if settings.grouped else {},
+    )
     save(experiment)
     return experiment
+
+
+def _read_histories(
+    settings: Settings, workdir: Path, slots: dict[str, int]
+) -> dict[str, dict[str, History]]:
+    """The histories by flag, then by process, from the logs in ``workdir``."""
+    logdir = workdir / "logs"
+    if not settings.grouped:
+        return {settings.name: {p: read_history(logdir / f"{p}.log", p) for p in slots}}
+    found: dict[str, dict[str, History]] = {}
+    for name in settings.flag_names:
+        found[name] = {}
+        for process in slots:
+            path = flag_log(logdir, process, name)
+            if path.exists():
+                found[name][process] = read_history(path, process)
+    return found
 
 
 def save(experiment: Experiment) -> Path:
@@ -606,8 +730,16 @@ def load(workdir: Path) -> Experiment:
     fields["kinds"] = tuple(fields["kinds"])
     settings = Settings(**fields)
     slots: dict[str, int] = data["slots"]
-    histories = {p: read_history(workdir / "logs" / f"{p}.log", p) for p in slots}
+    flag_histories = _read_histories(settings, workdir, slots)
     faults = [Fault(**f) for f in data["faults"]]
     return Experiment(
-        settings, histories, slots, faults, data["start"], data["end"], workdir, data["notes"]
+        settings,
+        flag_histories[settings.flag_names[0]],
+        slots,
+        faults,
+        data["start"],
+        data["end"],
+        workdir,
+        data["notes"],
+        flag_histories if settings.grouped else {},
     )
