@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 
 from .builder import Settings, check_callables, start_flag
 from .campaign import FIRST_RETRY, WAKE_AFTER_EXPIRY, Contender, LeaseControl
-from .errors import ConfigurationError, LeadershipError
+from .errors import ConfigurationError, LeadershipError, StoreUnavailable
 from .share import Share, fair_share
 from .store import Attempt, Mine, Store, Tick, describe_error
 
@@ -180,6 +180,9 @@ class FlagGroup:
         Members are the processes whose groups balance the same names (or name the same
         ``pool``); membership is a lease renewed with the flags, in the members table
         beside the flags table. Call it once per group.
+
+        Raises ConfigurationError naming a bad name or pool (nothing is added then),
+        StoreUnavailable when the members table cannot be created.
         """
         from .builder import _text
 
@@ -198,7 +201,14 @@ class FlagGroup:
                 self._flags[name] if name in self._flags and not self._flags[name].closed else None
                 for name in wanted
             ]
-        self._store_call(self._store.prepare_members)
+        try:
+            self._store_call(self._store.prepare_members)
+        except LeadershipError:
+            raise
+        except Exception as error:
+            raise StoreUnavailable(
+                f"cannot prepare the members table: {describe_error(error)}"
+            ) from None
         added = [
             flag if flag is not None else self.flag(name)
             for flag, name in zip(flags, wanted, strict=True)
