@@ -13,7 +13,10 @@ the flag through the public API and talks over its standard streams, one line ea
 
 - ``poll``: ``raised()`` every ``POLL`` seconds, between looks at its standard input;
 - ``blocked``: blocked in ``flag.wait_raised()``;
-- ``spin``: ``raised()`` in a tight loop, no sleep (the main thread holds the GIL).
+- ``spin``: ``raised()`` in a tight loop, no sleep (the main thread holds the GIL);
+- ``spin-switch``: the same after ``sys.setswitchinterval(SHORT_SWITCH)``: what a
+  process spinning on ``raised()`` can do so that its renewal thread gets the GIL
+  sooner than the default 5 ms at each hand-off.
 
 In the last two, a helper thread reads the standard input.
 """
@@ -31,7 +34,8 @@ import leadership
 
 POLL = 0.0005
 SUBSYSTEM = "bench"
-WAITERS = ("poll", "blocked", "spin")
+WAITERS = ("poll", "blocked", "spin", "spin-switch")
+SHORT_SWITCH = 0.0002
 
 
 def boottime_ns() -> int:
@@ -89,6 +93,8 @@ def main(
     say("ready")
     done = threading.Event()
     threading.Thread(target=close_on_command, args=(flag, done), daemon=True).start()
+    if waiter == "spin-switch":
+        sys.setswitchinterval(SHORT_SWITCH)
     if waiter == "blocked":
         raised = flag.wait_raised()
     else:

@@ -118,7 +118,8 @@ def measure(
     waiter: str = "poll",
 ) -> Latencies:
     """Time ``samples`` takeovers after ``close()`` (or SIGKILL when ``kill``), the
-    waiting process waiting the ``waiter`` way (``poll``, ``blocked`` or ``spin``)."""
+    waiting process waiting the ``waiter`` way (``poll``, ``blocked``, ``spin`` or
+    ``spin-switch``: see contender.py)."""
     timing = (interval, jitter, timeout)
     bound = interval + timeout
     rng = random.Random()
