@@ -19,6 +19,11 @@ machine are noise):
    additional flag.
 5. Import cost (``import_cost.py``): ``import leadership`` against ``import sqlite3`` and
    ``python -m leadership --help``, fresh processes (median of interleaved runs).
+6. Groups of flags (``group_cost.py``, ``--only groups``, not in the default run): per
+   renewal tick of one group of 1, 10, 100 and 1,000 flags, statements and round trips on
+   the wire and at the server, server time, client CPU; memory per additional group flag;
+   20 processes balancing 50 flags (convergence, statements/s, tick round trip p50/p99,
+   held per process); handover on a rebalance (release to the joiner's ``raised()``).
 
 Quick mode (``--quick``, under a minute) takes fewer samples. Both modes print a table
 and evaluate the gate; the exit status is 1 when a gated figure is past its threshold.
@@ -43,6 +48,12 @@ Gate thresholds (goal, then the tolerance the gate allows on a noisy 2-core mach
 - ``import leadership`` / ``import sqlite3``: goal and gate <= 1.5; ``python -m leadership
   --help``: goal < 0.1 s, reported (not gated); pg8000, prometheus_client, asyncio loaded
   by ``import leadership``: none.
+
+- groups: statements per tick exactly 1 on the wire and at the server, round trips per
+  tick (mean) exactly 1, every size; server plan + execution per tick of 1,000 flags
+  <= 20 ms; traced bytes per additional group flag <= 5,000; pool of 20 x 50: converged
+  within 30 s, held max - min <= 1 and all 50 held after the window; rebalance handover
+  p99 / (interval + timeout) goal <= 0.5, gate <= 1.
 
 Memory has no goal; it is reported only.
 """
@@ -70,6 +81,7 @@ sys.path.insert(0, str(HERE))
 sys.path.append(str(HERE.parent))  # the checkout, for harness/ (the installed leadership wins)
 
 import db_cost  # noqa: E402
+import group_cost  # noqa: E402
 import hot_path  # noqa: E402
 import import_cost  # noqa: E402
 import latency  # noqa: E402
@@ -427,13 +439,87 @@ def section_import(report: Report, mode: Mode, dsn: str) -> None:
         )  # fmt: skip
 
 
+GROUP_SERVER_MS_GATE = 0.020
+"""Seconds of server time (plan + execution) per tick of a group of 1,000 flags."""
+GROUP_FLAG_BYTES_GATE = 5000
+"""Traced bytes per additional flag of a group."""
+
+
+def section_groups(report: Report, mode: Mode, dsn: str, use_cluster: bool) -> None:
+    gmode = group_cost.QUICK if mode.name == "quick" else group_cost.FULL
+    ticks, note = group_cost.measure_ticks(dsn, gmode, use_cluster)
+    memory = group_cost.measure_memory(dsn, gmode)
+    section: dict[str, Any] = {
+        "ticks": [asdict(cost) for cost in ticks],
+        "note": note,
+        "memory": asdict(memory),
+    }
+    for cost in ticks:
+        who = f"group of {cost.flags:,} flags"
+        report.exactly(f"statements per tick on the wire, {who}", cost.statements_per_tick, 1)
+        report.exactly(f"round trips per tick (mean), {who}", cost.round_trips_per_tick, 1)
+        if cost.server_statements_per_tick is not None:
+            report.exactly(
+                f"statements per tick at the server, {who}", cost.server_statements_per_tick, 1
+            )
+    largest = ticks[-1]
+    server_ms = largest.server_ms_per_tick
+    report.at_most(
+        f"server ms per tick, group of {largest.flags:,} flags",
+        math.nan if server_ms is None else server_ms,
+        GROUP_SERVER_MS_GATE * 1000,
+        GROUP_SERVER_MS_GATE * 1000,
+        gated=server_ms is not None,
+    )
+    report.at_most(
+        f"traced bytes per additional group flag (over {memory.group_flags:,})",
+        memory.group_traced_bytes,
+        GROUP_FLAG_BYTES_GATE,
+        GROUP_FLAG_BYTES_GATE,
+    )
+    if gmode.members:
+        pool, pool_note = group_cost.measure_pool(dsn, gmode, use_cluster)
+        section["pool"] = {**asdict(pool), "spread": pool.spread, "note": pool_note}
+        report.at_most(
+            f"pool of {pool.members} x {pool.flags}: seconds to converge",
+            pool.converged_after, gmode.converge_within, gmode.converge_within,
+        )  # fmt: skip
+        report.at_most(
+            f"pool of {pool.members} x {pool.flags}: held max - min after the window",
+            pool.spread, 1, 1,
+        )  # fmt: skip
+        report.exactly(
+            f"pool of {pool.members} x {pool.flags}: flags held after the window",
+            sum(pool.held.values()), pool.flags,
+        )  # fmt: skip
+    handover = group_cost.measure_handover(dsn, gmode)
+    samples = list(handover.per_flag)
+    section["handover"] = {
+        **asdict(handover),
+        "p50": group_cost.percentile(samples, 0.5),
+        "p99": group_cost.percentile(samples, 0.99),
+        "rebalance_p50": group_cost.percentile(list(handover.per_rebalance), 0.5),
+        "rebalance_p99": group_cost.percentile(list(handover.per_rebalance), 0.99),
+    }
+    bound = sum(group_cost.HANDOVER_TIMING[::2])  # interval + timeout
+    report.at_most(
+        "rebalance handover (release -> joiner raised): p99 / (interval + timeout)",
+        section["handover"]["p99"] / bound, 0.5, 1.0,
+    )  # fmt: skip
+    report.sections["groups"] = section
+
+
 SECTIONS: dict[str, Any] = {
     "hot": section_hot_path,
     "db": section_db_cost,
     "latency": section_latency,
     "memory": section_memory,
     "import": section_import,
+    "groups": section_groups,
 }
+DEFAULT_SECTIONS = ("hot", "db", "latency", "memory", "import")
+"""Run without ``--only``: ``groups`` is opt-in (``--only groups``) until its gates pass on
+the library (see benchmarks/RESULTS.md, "Groups of flags") and its quick mode is short."""
 
 # ---------------------------------------------------------------------------- output
 
@@ -562,6 +648,9 @@ def render(report: Report, mode: Mode) -> str:
     if imports:
         out += ["", "5. import cost: fresh processes, interleaved; ms"]
         out += import_cost.render(imports["costs"])
+    groups = report.sections.get("groups")
+    if groups:
+        out += render_groups(groups)
     out += ["", "gate (goal / threshold the gate allows):"]
     for check in report.checks:
         value = f"{check.value:.3g}" if isinstance(check.value, float) else str(check.value)
@@ -576,6 +665,78 @@ def render(report: Report, mode: Mode) -> str:
     return "\n".join(out)
 
 
+def render_groups(groups: dict[str, Any]) -> list[str]:
+    interval, jitter, timeout = group_cost.TICK_TIMING
+    out = [
+        "",
+        f"6. groups of flags: one group per size, renewal ticks over a window (interval "
+        f"{interval:g} s, jitter {jitter:g}, timeout {timeout:g} s; {groups['note']})",
+        f"   {'flags':>6} {'ticks':>5} {'stmts/tick':>10} {'server':>6} {'round trips':>16} "
+        f"{'renewed':>7} {'client CPU ms':>13} {'round trip ms':>13} {'server ms':>9} "
+        f"{'warnings':>8}",
+    ]
+    for cost in groups["ticks"]:
+        server_statements = cost["server_statements_per_tick"]
+        server_ms = cost["server_ms_per_tick"]
+        out.append(
+            f"   {cost['flags']:6,} {cost['ticks']:5d} {cost['statements_per_tick']:10.2f} "
+            f"{'n/a' if server_statements is None else f'{server_statements:.2f}':>6} "
+            f"{cost['median_round_trips']:6.0f} (mean {cost['round_trips_per_tick']:.2f}) "
+            f"{cost['renewals_per_flag_tick']:7.2f} {cost['client_cpu_ms_per_tick']:13.2f} "
+            f"{cost['round_trip_ms_per_tick']:13.2f} "
+            f"{'n/a' if server_ms is None else f'{server_ms:.3f}':>9} {cost['warnings']:8d}"
+        )
+    first, last = groups["ticks"][0], groups["ticks"][-1]
+    span = last["flags"] - first["flags"]
+    if span > 0:
+        slopes = [
+            f"{what} {(last[key] - first[key]) / span * 1000:.1f} us"
+            for what, key in (
+                ("client CPU", "client_cpu_ms_per_tick"),
+                ("round trip", "round_trip_ms_per_tick"),
+            )
+        ]
+        if first["server_ms_per_tick"] is not None and last["server_ms_per_tick"] is not None:
+            server = (last["server_ms_per_tick"] - first["server_ms_per_tick"]) / span * 1000
+            slopes.append(f"server {server:.1f} us")
+        out.append(f"   per additional flag per tick, {first['flags']} -> {last['flags']:,} flags: "
+                   + ", ".join(slopes))  # fmt: skip
+    out.append(
+        "   (stmts/tick: every statement on the wire but set-up ones, per tick; server: "
+        "the same counted by pg_stat_statements; round trips: median per tick, mean in "
+        "brackets; renewed: checks the flags observed / flags / ticks; client CPU: the "
+        "group thread's CPU clock; round trip: the flags' check-duration histogram; "
+        "warnings: logged by the group, e.g. failed ticks)"
+    )
+    mem = groups["memory"]
+    out.append(
+        f"   memory per additional flag: group {mem['group_traced_bytes']:,.0f} B traced "
+        f"(over {mem['group_flags']:,}), {mem['group_rss_kib']:.1f} KiB RSS; single flag "
+        f"{mem['single_traced_bytes']:,.0f} B traced, {mem['single_rss_kib']:.1f} KiB RSS "
+        f"(over {mem['single_flags']})"
+    )
+    pool = groups.get("pool")
+    if pool:
+        rate = pool["statements_per_second"]
+        held = sorted(pool["held"].values())
+        out.append(
+            f"   pool: {pool['members']} processes x {pool['flags']} flags, interval "
+            f"{pool['interval']:g} s: converged in {pool['converged_after']:.1f} s; over "
+            f"{pool['window']:.1f} s: {'n/a' if rate is None else f'{rate:.1f}'} statements/s "
+            f"at the server, {pool['ticks_per_second']:.1f} ticks/s; tick round trip p50 "
+            f"{pool['tick_p50_ms']:.1f} ms, p99 {pool['tick_p99_ms']:.1f} ms, max "
+            f"{pool['tick_max_ms']:.1f} ms; held per process min {held[0]} max {held[-1]}"
+        )
+    handover = groups["handover"]
+    out.append(
+        f"   rebalance handover ({handover['rebalances']} joins to a holder of "
+        f"{handover['flags']}): per flag p50 {_ms(handover['p50'])}, p99 "
+        f"{_ms(handover['p99'])}; whole share p50 {_ms(handover['rebalance_p50'])}, p99 "
+        f"{_ms(handover['rebalance_p99'])}"
+    )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples, under a minute")
@@ -587,8 +748,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     parser.add_argument(
         "--only",
-        default=",".join(SECTIONS),
-        help="comma-separated sections to run (default all: %(default)s)",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma-separated sections to run (default %(default)s; all: {','.join(SECTIONS)})",
     )
     parser.add_argument(
         "--no-cluster",
@@ -609,8 +770,8 @@ def main(argv: list[str] | None = None) -> int:
     with scratch_database(args.dsn) as dsn:
         for section in chosen:
             began = time.monotonic()
-            if section == "db":
-                section_db_cost(report, mode, dsn, not args.no_cluster)
+            if section in ("db", "groups"):
+                SECTIONS[section](report, mode, dsn, not args.no_cluster)
             else:
                 SECTIONS[section](report, mode, dsn)
             print(f"  {section}: {time.monotonic() - began:.1f} s", flush=True)
