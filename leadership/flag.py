@@ -92,15 +92,17 @@ class Flag(Lease):
         self._owner_pid = os.getpid()
         self._closed = False
         self._waiters = Waiters(self)
-        self._callbacks = Callbacks(
-            self,
-            lambda: self._campaign.term_start,
-            logger,
-            name,
-            on_raised=on_raised,
-            on_lowered=on_lowered,
-            on_failure=lambda: self._campaign.resign(timing.interval),
-        )
+        self._callbacks: Callbacks | None = None  # only with callbacks: a thread each
+        if on_raised is not None or on_lowered is not None:
+            self._callbacks = Callbacks(
+                self,
+                lambda: self._campaign.term_start,
+                logger,
+                name,
+                on_raised=on_raised,
+                on_lowered=on_lowered,
+                on_failure=lambda: self._campaign.resign(timing.interval),
+            )
         self._campaign: Campaign | GroupedCampaign
         if group is None:
             self._campaign = Campaign(
@@ -111,13 +113,15 @@ class Flag(Lease):
                 group, self, store, timing, name, process, logger, metrics, precheck, self._changed
             )
         _live.add(self)
-        self._callbacks.start()
+        if self._callbacks is not None:
+            self._callbacks.start()
         self._campaign.start()
 
     def _changed(self) -> None:
         """Called by the renewal loop after every step and when it ends."""
         self._waiters.changed()
-        self._callbacks.changed()
+        if self._callbacks is not None:
+            self._callbacks.changed()
         if self._campaign.stopping:
             self._waiters.close()
 
@@ -193,7 +197,8 @@ class Flag(Lease):
             return  # a forked child: the row and the connection belong to the parent
         self._campaign.stop(wait=2 * self.timing.timeout + 1.0)
         self._waiters.close()
-        self._callbacks.stop(wait=self.timing.timeout + 1.0)
+        if self._callbacks is not None:
+            self._callbacks.stop(wait=self.timing.timeout + 1.0)
         if self._metrics is not None:
             self._metrics.close()
         _live.discard(self)

@@ -49,7 +49,7 @@ cannot make it spin)."""
 class GroupedCampaign(Contender):
     """One flag's contender, driven by its group's thread."""
 
-    __slots__ = ("_done", "_due", "_group")
+    __slots__ = ("_busy", "_due", "_group")
 
     def __init__(
         self,
@@ -66,7 +66,8 @@ class GroupedCampaign(Contender):
     ) -> None:
         super().__init__(lease, store, timing, name, process, logger, metrics, precheck, changed)
         self._group = group
-        self._done = threading.Event()  # set once the group let go of this flag
+        self._busy = threading.Lock()  # held until the group lets go of this flag
+        self._busy.acquire()
         self._due = 0.0  # monotonic seconds: when to try next while not held
 
     @property
@@ -82,15 +83,20 @@ class GroupedCampaign(Contender):
             self._stopping = True
             self._lease._lower()
         self._wake()
-        if not self._group._on_thread():
-            self._done.wait(wait)
+        if not self._group._on_thread() and self._busy.acquire(timeout=wait):
+            self._busy.release()
 
     def forget_after_fork(self) -> None:
         """In a forked child: stopped, holding nothing, with fresh locks."""
         self._lock = threading.Lock()
         self._stopping = True
         self._tenure.end()
-        self._done.set()
+        self._busy = threading.Lock()  # a fresh one, free: the parent's thread is gone
+
+    def let_go(self) -> None:
+        """The group let go of this flag (on the group's thread)."""
+        with contextlib.suppress(RuntimeError):  # already let go
+            self._busy.release()
 
     def _wake(self) -> None:
         self._group._wake()
@@ -411,7 +417,7 @@ class FlagGroup:
             if not leave:  # closing the group closes the connection: no UNLISTEN needed
                 with contextlib.suppress(Exception):
                     self._store.unwatch(campaign.name)
-            campaign._done.set()
+            campaign.let_go()
             campaign._changed()
 
     def _batch(self, now: float, renewal: bool, early: bool) -> list[tuple[GroupedCampaign, bool]]:

@@ -8,12 +8,14 @@ waiting for its schedule.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
 import json
 import logging
 import re
+import socket
 import sys
 import time
 import uuid
@@ -300,6 +302,9 @@ POOLER_LOG = logging.getLogger("leadership")
 UNDEFINED_TABLE = "42P01"
 """SQLSTATE of a statement on a table that does not exist (it was dropped)."""
 
+LISTENS_PER_QUERY = 500
+"""LISTEN commands sent in one simple query on pg8000 (a group's flags, at each connection)."""
+
 SOCKET_WAKE_SPACING = 0.05
 """Seconds between two wake-ups by the connection's socket (guards against a busy loop)."""
 
@@ -575,6 +580,7 @@ class PostgresStore(ConnectedStore):
         """This store's identity, recorded in the rows it writes (``lease_owner``)."""
         self.notes: list[str] = []
         self._channels: dict[str, str] = {}  # watched flag name -> its channel
+        self._unlistened: list[str] = []  # channels watched, not yet listened on
         self._last_socket_wake = 0.0
         self._notified: set[str] = set()  # channels notified since the last wait
         self._prepared: dict[str, Any] = {}
@@ -626,11 +632,23 @@ class PostgresStore(ConnectedStore):
             add_notify_handler(self._notified_by)
         if self._per_transaction:
             return  # nothing in the session: each statement bounds itself (_execute)
+        _no_delay(conn)
         self._execute(
             conn, f"SELECT set_config('statement_timeout', '{self._timeout_ms:d}', false)", ()
         )
-        for channel in self._channels.values():
-            self._execute(conn, f'LISTEN "{channel}"', ())
+        self._listen(conn, list(self._channels.values()))
+        self._unlistened.clear()
+
+    def _listen(self, conn: Any, channels: list[str]) -> None:
+        """LISTEN on ``channels``: on pg8000 (native), many per round trip (one simple
+        query); one statement each through other drivers."""
+        if _pg8000_native(conn) is None:
+            for channel in channels:
+                self._execute(conn, f'LISTEN "{channel}"', ())
+            return
+        for start in range(0, len(channels), LISTENS_PER_QUERY):
+            chunk = channels[start : start + LISTENS_PER_QUERY]
+            self._execute(conn, "; ".join(f'LISTEN "{channel}"' for channel in chunk), ())
 
     def _execute(self, conn: Any, sql: str, params: tuple[Any, ...]) -> list[Any]:
         """Run ``sql`` (``%s`` placeholders) on ``conn``; return its rows.
@@ -838,20 +856,40 @@ class PostgresStore(ConnectedStore):
     # --- flags ---------------------------------------------------------------------------
 
     def watch(self, name: str, interval: float) -> None:
-        if name in self._channels:
-            return
-        channel = self._channels[name] = channel_for(name)
-        if self._conn is not None:
-            self._query(f'LISTEN "{channel}"')
+        """Listen for ``name``'s releases from the next statement or wait on (watching
+        many flags at once costs one round trip on pg8000, see :meth:`_listen`)."""
+        if name not in self._channels:
+            self._channels[name] = channel = channel_for(name)
+            self._unlistened.append(channel)
+
+    def _listen_now(self) -> None:
+        """LISTEN on the channels watched since the last statement, before the next one
+        reads a row (a release committed after that read then still wakes the wait)."""
+        if self._unlistened and self._conn is not None and not self._per_transaction:
+            channels = list(self._unlistened)
+            conn = self._connection()
+            deadline = time.monotonic() + self._timeout
+            try:
+                with self._watchdog.bound(deadline, lambda: cut_connection(conn)):
+                    self._listen(conn, channels)
+            except Exception as error:
+                if self._watchdog.fired or not _connection_survives(error):
+                    self._reset()  # the next connection listens on every channel
+                raise
+            del self._unlistened[: len(channels)]
 
     def unwatch(self, name: str) -> None:
         channel = self._channels.pop(name, None)
+        if channel in self._unlistened:
+            self._unlistened.remove(channel)
+            return
         if channel is not None and self._conn is not None:
             self._query(f'UNLISTEN "{channel}"')
 
     def acquire_or_renew(
         self, name: str, process: str, mine: Mine | None, interval: float
     ) -> Observation:
+        self._listen_now()
         values = {
             "name": name,
             "process": process,
@@ -904,6 +942,7 @@ class PostgresStore(ConnectedStore):
         interval: float,
         pool: str | None = None,
     ) -> Tick:
+        self._listen_now()
         values = {
             "batch": _batch((attempt.name, attempt.mine, attempt.write) for attempt in attempts),
             "process": process,
@@ -1047,6 +1086,7 @@ class PostgresStore(ConnectedStore):
         one that came with a statement's reply: then at once), or on the socket turning
         readable. A socket wake that brought no notification (a dropped connection, a
         message no statement reads) is not repeated within ``SOCKET_WAKE_SPACING``."""
+        self._listen_now()
         if self._notified:
             self._notified.clear()
             return
@@ -1116,6 +1156,15 @@ def _batch(flags: Iterable[tuple[str, Mine | None, bool]]) -> str:
             for name, mine, write in flags
         ]
     )
+
+
+def _no_delay(conn: Any) -> None:
+    """Send each message at once on a pg8000 TCP socket (no Nagle delay: a group's batch
+    larger than one write would wait for the server's delayed acknowledgement, 40 ms)."""
+    sock = getattr(conn, "_usock", None)
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _in_transaction(conn: Any) -> bool:

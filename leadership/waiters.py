@@ -20,29 +20,53 @@ if TYPE_CHECKING:
 
 __all__ = ["Waiters"]
 
+_MAKING = threading.Lock()
+"""Guards the first making of a Waiters' condition."""
+
 
 class Waiters:
     """Blocks callers of ``wait_raised`` (threads or asyncio tasks) until ``lease`` is
     raised, their timeout passes or the flag closes."""
 
+    __slots__ = ("_closed", "_condition", "_futures", "_lease")
+
     def __init__(self, lease: Lease) -> None:
         self._lease = lease
-        self._condition = threading.Condition()
+        # Made by the first waiter (most flags of a group never have one): the renewal
+        # loop wakes nobody until then, and a waiter looks at the lease again under the
+        # condition it made, so a change just before it existed is not missed.
+        self._condition: threading.Condition | None = None
         self._futures: set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = set()
         self._closed = False
 
+    def _made(self) -> threading.Condition:
+        """The condition waiters wait on, made once (any thread)."""
+        condition = self._condition
+        if condition is None:
+            with _MAKING:
+                condition = self._condition
+                if condition is None:
+                    condition = self._condition = threading.Condition()
+        return condition
+
     def changed(self) -> None:
         """The raised state may have changed: wake every waiter to look again."""
-        with self._condition:
-            self._condition.notify_all()
+        condition = self._condition
+        if condition is None:
+            return  # nobody ever waited
+        with condition:
+            condition.notify_all()
             if self._lease.raised():
                 self._resolve_all()
 
     def close(self) -> None:
         """Wake every waiter for good: from now on ``wait_raised`` returns at once."""
-        with self._condition:
-            self._closed = True
-            self._condition.notify_all()
+        self._closed = True
+        condition = self._condition
+        if condition is None:
+            return
+        with condition:
+            condition.notify_all()
             self._resolve_all()
 
     def _resolve_all(self) -> None:
@@ -54,14 +78,15 @@ class Waiters:
     def wait_raised(self, timeout: float | None) -> bool:
         """Block until raised (True), or until ``timeout`` seconds pass or close (False)."""
         end = None if timeout is None else time.monotonic() + timeout
-        with self._condition:
+        condition = self._made()
+        with condition:
             while not self._lease.raised():
                 if self._closed:
                     return False
                 left = None if end is None else end - time.monotonic()
                 if left is not None and left <= 0:
                     return False
-                self._condition.wait(left)
+                condition.wait(left)
             return True
 
     async def wait_raised_async(self, timeout: float | None) -> bool:
@@ -73,7 +98,7 @@ class Waiters:
         end = None if timeout is None else loop.time() + timeout
         while not self._lease.raised():
             entry = (loop, loop.create_future())
-            with self._condition:
+            with self._made():
                 if self._closed:
                     return False
                 self._futures.add(entry)
@@ -87,7 +112,7 @@ class Waiters:
             except asyncio.TimeoutError:
                 return self._lease.raised()
             finally:
-                with self._condition:
+                with self._made():
                     self._futures.discard(entry)
         return True
 

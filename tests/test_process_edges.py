@@ -138,7 +138,7 @@ def test_a_forked_child_sees_its_flag_closed_in_every_respect(
     assert flag.wait_raised(timeout=2.0)
     # Fork while this thread holds the locks the renewal thread and waiters use: the
     # child must not inherit them held.
-    with flag._campaign._lock, flag._waiters._condition:
+    with flag._campaign._lock, flag._waiters._made():
         pid = os.fork()
     if pid == 0:  # the child: report through the exit status only
         status = 0
