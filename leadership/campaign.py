@@ -13,6 +13,7 @@ are injected, so each decision can be tested step by step with fakes.
 from __future__ import annotations
 
 import contextlib
+import logging  # imported already: the builder imports it before the first flag
 import os
 import select
 import threading
@@ -25,8 +26,6 @@ from .tenure import Tenure
 from .timing import SAFETY_MARGIN, Timing
 
 if TYPE_CHECKING:
-    import logging
-
     from .metrics import FlagMetrics  # imported by the builder, only when metrics are on
 
 __all__ = ["Campaign", "Contender", "LeaseControl"]
@@ -189,8 +188,10 @@ class Contender:
             return self._delay_after_win(seen, started, received)
         return self._delay_after_loss(seen)
 
-    def failure(self, error: Exception) -> float:
-        """The attempt failed with ``error``; return the seconds to wait before the next."""
+    def failure(self, error: Exception, *, log: bool = True) -> float:
+        """The attempt failed with ``error``; return the seconds to wait before the next.
+        ``log`` False: the driver logs the failure once for many flags (a group's tick);
+        this flag logs it at DEBUG level only."""
         if isinstance(error, HoldLost):
             with self._lock:
                 self._tenure.end()
@@ -205,7 +206,7 @@ class Contender:
                 self._tenure.unanswered()
             else:
                 self._tenure.refused()
-        return self._delay_after_failure(error)
+        return self._delay_after_failure(error, log)
 
     def _contend(self) -> float:
         """Acquire or renew once; return the seconds to wait before the next step."""
@@ -219,11 +220,12 @@ class Contender:
             return self.failure(error)
         return self.outcome(seen, started, self._clock())
 
-    def _delay_after_failure(self, error: Exception) -> float:
+    def _delay_after_failure(self, error: Exception, log: bool = True) -> float:
         timing = self._timing
         if self._metrics:
             self._metrics.check_failed()
-        self._logger.error("flag %r: check failed: %s", self._name, describe_error(error))
+        level = logging.ERROR if log else logging.DEBUG
+        self._logger.log(level, "flag %r: check failed: %s", self._name, describe_error(error))
         self._report()
         self._failures += 1
         if self._failures == 1:  # often a dropped connection: reconnect at once

@@ -494,9 +494,15 @@ class FlagGroup:
     def _failed(self, batch: list[tuple[GroupedCampaign, bool]], error: Exception) -> None:
         """The whole tick failed: each written flag learns it; all retry together."""
         now = time.monotonic()
+        self._logger.error(
+            "group of %r: check of %d flags failed: %s",
+            self.process,
+            sum(write for _, write in batch),
+            describe_error(error),
+        )
         delays = []
         for campaign, write in batch:
-            delay = campaign.failure(error) if write else self._timing.retry_every
+            delay = campaign.failure(error, log=False) if write else self._timing.retry_every
             campaign._due = now + delay
             delays.append(delay)
             if write:
