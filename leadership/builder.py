@@ -330,7 +330,20 @@ def _text(parameter: str, value: Any) -> str:
         raise ConfigurationError(parameter, f"must be a non-empty string, got {value!r}")
     if "\x00" in value:
         raise ConfigurationError(parameter, "must not contain NUL characters")
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:
+        raise ConfigurationError(parameter, "must be valid Unicode (no lone surrogates)") from None
+    if size > MAX_TEXT_BYTES:
+        raise ConfigurationError(
+            parameter, f"must be at most {MAX_TEXT_BYTES} bytes in UTF-8, got {size}"
+        )
     return value
+
+
+MAX_TEXT_BYTES = 1000
+"""The longest name, process or pool (PostgreSQL indexes no key over some 2,700 bytes; a
+group's one statement would fail for all its flags on one such name)."""
 
 
 def _jitter(value: Any) -> float:

@@ -121,6 +121,17 @@ class Contender:
         return self._stopping
 
     @property
+    def standing_aside(self) -> bool:
+        """Whether this flag does not contend now: its precheck said no, or a resignation
+        lasts (as far as the driving thread last looked)."""
+        return self._precheck_refused or self._aside_until > self._clock()
+
+    @property
+    def retrying(self) -> bool:
+        """Whether the last attempt failed (the next comes sooner than a renewal)."""
+        return self._failures > 0
+
+    @property
     def resigning(self) -> bool:
         """Whether a resignation waits for the driving thread."""
         return self._resign_for is not None

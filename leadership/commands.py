@@ -262,7 +262,7 @@ def _print_members(listing: Listing, as_json: bool) -> int:
         holds = f"{len(m.holds)}: {', '.join(m.holds)}" if m.holds else "0"
         table.append((m.pool, m.member, f"{m.age:.1f}s", f"{m.left:.1f}s", state, holds))
     _print_table(table, "(no members)")
-    print(f"(members table beside {listing.table})")
+    print(f"(table {listing.table}_members; HOLDS: every flag it holds, in the pool or not)")
     return 0
 
 

@@ -188,17 +188,23 @@ class FlagGroup:
         beside the flags table. Call it once per group.
 
         Raises ConfigurationError naming a bad name or pool (nothing is added then),
-        StoreUnavailable when the members table cannot be created.
+        SchemaError when the members table is missing and cannot be created or this role
+        may not use it, StoreUnavailable when the database fails.
         """
         from .builder import _text
 
-        given = [names] if isinstance(names, str) else list(names)
+        if isinstance(names, str):
+            names = [names]
+        try:
+            given = list(names)
+        except TypeError:
+            raise ConfigurationError(
+                "balance", f"expected a list of flag names, got {names!r}"
+            ) from None
         wanted = list(dict.fromkeys(_text("name", name) for name in given))  # all checked first
         if not wanted:
             raise ConfigurationError("balance", "expected at least one flag name")
-        if pool is not None and (not isinstance(pool, str) or not pool.strip()):
-            raise ConfigurationError("pool", f"must be a non-empty string, got {pool!r}")
-        chosen = pool if pool is not None else pool_of(wanted)
+        chosen = _text("pool", pool) if pool is not None else pool_of(wanted)
         with self._lock:
             self._refuse_if_closed()
             if self._pool is not None:
@@ -215,13 +221,13 @@ class FlagGroup:
             raise StoreUnavailable(
                 f"cannot prepare the members table: {describe_error(error)}"
             ) from None
+        with self._lock:  # before the flags join: none of them is ever taken outright
+            self._balanced = frozenset(wanted)
+            self._pool = chosen
         added = [
             flag if flag is not None else self.flag(name)
             for flag, name in zip(flags, wanted, strict=True)
         ]
-        with self._lock:
-            self._balanced = frozenset(wanted)
-            self._pool = chosen
         self._wake()
         return added
 
@@ -344,10 +350,10 @@ class FlagGroup:
                 renewal = now >= self._renew_at
                 early, self._woken = self._woken, False
                 batch = self._batch(now, renewal, early)
+                if renewal:  # before the tick: what it schedules may ride on the next one
+                    self._renew_at = now + self._jittered(self._timing.renew_every)
                 if batch:
                     self._tick(batch, renewal)
-                if renewal:
-                    self._renew_at = now + self._jittered(self._timing.renew_every)
                 self._wait()
         except BaseException as error:  # never expected: the flags must not stay raised
             self._logger.exception("group of %r stopped: %s", self.process, error)
@@ -435,6 +441,8 @@ class FlagGroup:
             due = renewal or campaign.resigning
             if not campaign.held:
                 due = due or early or campaign._due <= now
+            elif campaign.retrying:  # a renewal that failed (busy row): when it is due
+                due = due or campaign._due <= now
             if not due:
                 continue
             name = campaign.name
@@ -481,11 +489,13 @@ class FlagGroup:
             seen = tick.observations.get(campaign.name)
             if not write:
                 continue
-            if seen is None:  # cannot happen with a sound store: treat as a failure
+            if campaign.name in tick.busy:  # nothing written: try again soon
+                delay = campaign.failure(RowBusy(campaign.name), log=False)
+            elif seen is None:  # cannot happen with a sound store: treat as a failure
                 delay = campaign.failure(LeadershipError("no reply for this flag"))
             else:
                 delay = campaign.outcome(seen, started, received)
-            campaign._due = now + delay
+            campaign._due = self._aligned(now + delay)
             campaign._changed()
         if pool is not None:
             self._rebalance(tick, now)
@@ -495,8 +505,9 @@ class FlagGroup:
         """The whole tick failed: each written flag learns it; all retry together."""
         now = time.monotonic()
         self._logger.error(
-            "group of %r: check of %d flags failed: %s",
+            "group of %r: tick of %d flags (%d to write) failed: %s",
             self.process,
+            len(batch),
             sum(write for _, write in batch),
             describe_error(error),
         )
@@ -523,7 +534,15 @@ class FlagGroup:
             if left is None or left <= 0:
                 campaign._due = now + self._timing.renew_every  # free: the share decides
             else:
-                campaign._due = now + min(left + WAKE_AFTER_EXPIRY, self._timing.interval)
+                look = now + min(left + WAKE_AFTER_EXPIRY, self._timing.interval)
+                campaign._due = self._aligned(look)
+
+    def _aligned(self, due: float) -> float:
+        """A look at a row when it expires, moved to the next renewal tick when that comes
+        within ``timeout`` after: one statement instead of two, and a takeover then still
+        within the failover bound (``interval + timeout``)."""
+        renew_at = self._renew_at
+        return renew_at if due < renew_at <= due + self._timing.timeout else due
 
     def _rebalance(self, tick: Tick, now: float) -> None:
         """Take the pool's view from ``tick``; release flags above this member's quota."""
@@ -546,9 +565,15 @@ class FlagGroup:
         excess = share.to_give(self._held_balanced())
         if excess:
             self._cede([self._campaigns[name] for name in excess], share)
-        elif share.holding < share.quota and share.free:
-            self._next_early = 0.0  # a free flag to take: look again at once
-            self._renew_at = min(self._renew_at, now + FIRST_RETRY)
+        elif share.holding < share.quota and any(
+            not self._campaigns[name].standing_aside
+            for name in share.free
+            if name in self._campaigns
+        ):
+            # A free flag to take (a release woke this tick, which only read): take it
+            # with the next statement at once. The view changes with every tick, so this
+            # cannot repeat without progress; a failed tick waits as failures do.
+            self._renew_at = min(self._renew_at, now)
 
     def _cede(self, campaigns: list[GroupedCampaign], share: Share) -> None:
         why = f"rebalancing: {len(share.members)} members, share {share.quota}"
@@ -574,7 +599,7 @@ class FlagGroup:
         now = time.monotonic()
         due = [self._renew_at]
         for campaign in self._campaigns.values():
-            if not campaign.held:
+            if not campaign.held or campaign.retrying:
                 due.append(campaign._due)
         seconds = max(min(due) - now, 0.0)
         if seconds > 0:
@@ -602,6 +627,16 @@ class FlagGroup:
 
 
 _live: weakref.WeakSet[FlagGroup] = weakref.WeakSet()
+
+
+class RowBusy(LeadershipError):
+    """A flag's row was locked by another transaction during a tick: not attempted."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"flag {name!r}: its row was locked by another transaction (a guard() or "
+            "another contender's statement); nothing written, trying again"
+        )
 
 
 def pool_of(names: Iterable[str]) -> str:

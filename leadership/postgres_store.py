@@ -116,6 +116,10 @@ PRIVILEGES = """
 SELECT p.privilege FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE']) AS p(privilege)
 WHERE NOT pg_catalog.has_table_privilege(%(table)s, p.privilege)
 """
+MEMBER_PRIVILEGES = """
+SELECT p.privilege FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE']) AS p(privilege)
+WHERE NOT pg_catalog.has_table_privilege(%(table)s, p.privilege)
+"""
 
 CREATED_VERSION = "(EXTRACT(EPOCH FROM pg_catalog.now()) * 1000000)::bigint"
 """The version of a created row: the database clock in microseconds (see Store)."""
@@ -181,12 +185,14 @@ WITH wanted AS (
     SELECT t.name, t.holder, t.version, t.timestamp, {previous_lease} AS lease,
            {previous_owner} AS owner
     FROM {table} AS t JOIN wanted AS w ON t.name = w.name AND w.write
-    ORDER BY t.name FOR UPDATE OF t
+    ORDER BY t.name FOR UPDATE OF t SKIP LOCKED  -- a row locked elsewhere: busy, see below
+), present AS (
+    SELECT t.name FROM {table} AS t JOIN wanted AS w ON t.name = w.name AND w.write
 ), renewed AS (
     UPDATE {table} AS f
     SET holder = %(process)s, version = f.version + 1, timestamp = pg_catalog.now(){renewed_lease}
-    FROM wanted AS w, (SELECT count(*) FROM previous) AS read_first  -- read rows first
-    WHERE f.name = w.name AND w.write
+    FROM wanted AS w, previous AS p, (SELECT count(*) FROM previous) AS read_first
+    WHERE f.name = w.name AND p.name = w.name AND w.write  -- only the rows locked above
       AND ((f.holder = %(process)s AND {ours})
            OR f.timestamp < pg_catalog.now() - pg_catalog.make_interval(secs => {current_lease}))
     RETURNING f.name, f.version, EXTRACT(EPOCH FROM f.timestamp)::float8 AS stamp
@@ -194,7 +200,7 @@ WITH wanted AS (
     INSERT INTO {table} AS f (name, holder, version, timestamp{lease_columns})
     SELECT w.name, %(process)s, {created}, pg_catalog.now(){created_lease}
     FROM wanted AS w, (SELECT count(*) FROM previous) AS read_first
-    WHERE w.write AND NOT EXISTS (SELECT 1 FROM previous AS p WHERE p.name = w.name)
+    WHERE w.write AND NOT EXISTS (SELECT 1 FROM present AS p WHERE p.name = w.name)
     ORDER BY w.name
     ON CONFLICT (name) DO NOTHING
     RETURNING f.name, f.version, EXTRACT(EPOCH FROM f.timestamp)::float8 AS stamp
@@ -207,15 +213,22 @@ WITH wanted AS (
 SELECT w.name, x.version, x.stamp, p.holder, p.version, EXTRACT(EPOCH FROM p.timestamp)::float8,
        EXTRACT(EPOCH FROM p.timestamp + pg_catalog.make_interval(secs => p.lease)
                           - pg_catalog.now())::float8,
-       p.owner
+       p.owner,
+       w.write AND x.name IS NULL AND p.name IS NULL
+           AND EXISTS (SELECT 1 FROM present AS r WHERE r.name = w.name) AS busy
 FROM wanted AS w
 LEFT JOIN (SELECT * FROM renewed UNION ALL SELECT * FROM created) AS x ON x.name = w.name
 LEFT JOIN seen AS p ON p.name = w.name{member_row}
 """
 """Acquire, renew or read many flags in one statement (see Store.acquire_or_renew_many):
-the rows to write are locked in name order first, then renewed or taken (UPDATE) or
-created (INSERT); one row per flag as CHECK returns it, plus, with a pool, one row
-whose name is NULL carrying the pool's other live members (a JSON array)."""
+the rows to write are locked first, then renewed or taken (UPDATE) or created (INSERT);
+one row per flag as CHECK returns it, plus, with a pool, one row whose name is NULL
+carrying the pool's other live members (a JSON array).
+
+A row locked by another transaction (an application's ``guard()``, another contender's
+statement) is skipped, not waited for: that flag's attempt is ``busy`` (nothing was
+written) and retried soon, while the group's other flags are renewed; waiting would
+hold every flag of the group behind one lock, up to the statement timeout."""
 
 MEMBER_CTES = """, beat AS (
     INSERT INTO {members} AS m (pool, member, timestamp, lease_seconds)
@@ -227,11 +240,22 @@ MEMBER_CTES = """, beat AS (
     SELECT member FROM {members}
     WHERE pool = %(pool)s AND member <> %(process)s
       AND timestamp + pg_catalog.make_interval(secs => lease_seconds) > pg_catalog.now()
+), gone AS (  -- members silent for GONE_AFTER of their leases: forgotten (never waited for)
+    DELETE FROM {members}
+    WHERE (pool, member) IN (
+        SELECT pool, member FROM {members}
+        WHERE pool = %(pool)s AND member <> %(process)s
+          AND timestamp + pg_catalog.make_interval(secs => lease_seconds * {gone_after})
+              < pg_catalog.now()
+        FOR UPDATE SKIP LOCKED)
 )"""
+GONE_AFTER = 10
+"""Leases after which a silent member's row is deleted by the others (``leadership status``
+shows it as gone until then)."""
 MEMBER_ROW = """
 UNION ALL
 SELECT NULL, NULL, NULL, (SELECT pg_catalog.json_agg(member)::text FROM live),
-       NULL, NULL, NULL, NULL"""
+       NULL, NULL, NULL, NULL, NULL"""
 
 RELEASE_MANY = """
 WITH wanted AS (
@@ -383,7 +407,9 @@ class Statements:
                     f", %(interval)s::float8, {CREATED_VERSION}, %(owner)s" if leased else ""
                 ),
                 read_lease=lease_of.format(row="t"),
-                member_ctes=MEMBER_CTES.format(members=members) if pool else "",
+                member_ctes=(
+                    MEMBER_CTES.format(members=members, gone_after=GONE_AFTER) if pool else ""
+                ),
                 member_row=MEMBER_ROW if pool else "",
             )
 
@@ -954,18 +980,21 @@ class PostgresStore(ConnectedStore):
         mine = {attempt.name: attempt.mine for attempt in attempts}
         observations: dict[str, Observation] = {}
         members: tuple[str, ...] | None = None
+        busy: set[str] = set()
         for row in rows:
             name = row[0]
             if name is None:  # the pool's row: its other live members
                 others = json.loads(row[3]) if row[3] else []
                 members = tuple(sorted({process, *map(str, others)}))
+            elif row[8]:
+                busy.add(name)
             else:
                 seen = observations[name] = self._observation(
-                    row[1:], process, mine[name], interval
+                    row[1:8], process, mine[name], interval
                 )
                 if seen.acquired:
                     self._taken(name)
-        return Tick(observations, members)
+        return Tick(observations, members, frozenset(busy))
 
     def release_many(
         self,
@@ -987,18 +1016,31 @@ class PostgresStore(ConnectedStore):
         return sorted(str(row[0]) for row in rows)
 
     def prepare_members(self) -> None:
+        """Create the members table when missing (CREATE on the schema is needed only
+        then), and check this role may use it."""
         statements = self._statements()
-        try:
-            self._query(statements.create_members)
-        except Exception as error:
-            if _sqlstate(error) == INSUFFICIENT_PRIVILEGE:
-                raise SchemaError(
-                    f"cannot create the members table beside {statements.table} "
-                    f"({describe_error(error)}): create it as the DDL in "
-                    "leadership.postgres_store.CREATE_MEMBERS says and GRANT SELECT, INSERT, "
-                    "UPDATE, DELETE on it"
-                ) from None
-            raise
+        members = members_table(QualifiedName.parse(statements.table))
+        if not self._query(SCHEMA_OF, {"table": members.quoted()}):
+            try:
+                self._query(statements.create_members)
+            except Exception as error:
+                if self._query(SCHEMA_OF, {"table": members.quoted()}):
+                    pass  # another process made it meanwhile
+                elif _sqlstate(error) == INSUFFICIENT_PRIVILEGE:
+                    raise SchemaError(
+                        f"table {members} does not exist and this role cannot create it "
+                        f"({describe_error(error)}): create it as "
+                        "leadership.postgres_store.CREATE_MEMBERS says and GRANT SELECT, "
+                        f"INSERT, UPDATE, DELETE ON {members} TO <role>"
+                    ) from None
+                else:
+                    raise
+        missing = [row[0] for row in self._query(MEMBER_PRIVILEGES, {"table": members.quoted()})]
+        if missing:
+            raise SchemaError(
+                f"table {members}: this role lacks {', '.join(missing)}: a balancing group "
+                f"needs GRANT SELECT, INSERT, UPDATE, DELETE ON {members} TO <role>"
+            )
 
     def read_members(self, pool: str | None = None) -> list[StoredMember]:
         statements = self._resolve(create=False)

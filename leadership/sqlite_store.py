@@ -108,6 +108,10 @@ BEAT = """INSERT INTO {table} (pool, member, timestamp, domain, lease) VALUES (?
 ON CONFLICT (pool, member) DO UPDATE
 SET timestamp = excluded.timestamp, domain = excluded.domain, lease = excluded.lease"""
 LIVE = "SELECT member FROM {table} WHERE pool = ? AND domain = ? AND timestamp + lease > ?"
+GONE = """DELETE FROM {table} WHERE pool = ? AND member <> ?
+AND (domain <> ? OR timestamp + lease * ? < ?)"""
+GONE_AFTER = 10
+"""Leases after which a silent member's row is deleted by the others."""
 LEAVE = "DELETE FROM {table} WHERE pool = ? AND member = ?"
 MEMBERS = "SELECT pool, member, timestamp, domain, lease FROM {table}"
 """The members table of pools (see Store.acquire_or_renew_many), beside the flags table."""
@@ -383,6 +387,7 @@ class SqliteStore(ConnectedStore):
         now, domain = self._clock.read(), self._clock.domain
         conn.execute(self._sql(BEAT, members=True), (pool, process, now, domain, interval))
         rows = conn.execute(self._sql(LIVE, members=True), (pool, domain, now)).fetchall()
+        conn.execute(self._sql(GONE, members=True), (pool, process, domain, GONE_AFTER, now))
         return tuple(sorted({process, *(str(row[0]) for row in rows)}))
 
     def release(self, name: str, process: str, mine: Mine, interval: float) -> bool:

@@ -10,6 +10,7 @@ module implementing :class:`Store` plus one line in :mod:`leadership.backends`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import select
@@ -189,13 +190,17 @@ class Attempt:
 
 @dataclass(frozen=True)
 class Tick:
-    """What one group tick found: an observation per flag of the tick (a read-only one
+    """What one group tick found: an observation per flag of the tick but the busy ones
+    (a read-only one
     has ``written`` None, the row's holder and version, and ``expires_in`` <= 0 when the
     row is free; holder None when there is no row), and, when the tick heartbeat a pool,
     the names of the pool's live members, this one included, sorted."""
 
     observations: dict[str, Observation]
     members: tuple[str, ...] | None = None
+    busy: frozenset[str] = frozenset()
+    """Flags whose row another transaction held locked: not attempted (nothing written),
+    and absent from ``observations``."""
 
 
 @dataclass(frozen=True)
@@ -341,13 +346,12 @@ class Store(Protocol):
 
 
 def members_table(table: QualifiedName) -> QualifiedName:
-    """The members table of a flags table: ``<table>_members`` in the same schema; raise
-    ConfigurationError("table") when that name would be too long."""
+    """The members table of a flags table: ``<table>_members`` in the same schema (for a
+    name too long for that, its first 40 characters, a digest of it, then ``_members``)."""
     name = f"{table.name}_members"
     if not IDENTIFIER.match(name):
-        raise ConfigurationError(
-            "table", f"{table.name!r} is too long to pair a members table ({name!r}) with it"
-        )
+        digest = hashlib.sha256(table.name.encode()).hexdigest()[:8]
+        name = f"{table.name[:40]}_{digest}_members"
     return QualifiedName(table.schema, name)
 
 

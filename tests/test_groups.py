@@ -916,3 +916,28 @@ def test_members_taking_and_giving_settle_fairly_and_then_stay_still() -> None:
         assert sum(tally.values()) == len(flags)  # nothing left free
         loads = [tally[member] for member in members]
         assert max(loads) - min(loads) <= 1
+
+
+def test_a_long_guarded_transaction_holds_back_its_own_flag_alone(
+    pg_dsn: str, make_group: MakeGroup, names: str
+) -> None:
+    """The tick skips a row another transaction holds locked (a guard() in progress)
+    instead of waiting for it: the group's other flags keep being renewed meanwhile."""
+    group = make_group(pg_dsn, "guarded")
+    guarded, other = group.flag(f"{names}-a"), group.flag(f"{names}-b")
+    wait_or_fail(lambda: all_raised([guarded, other]), 3.0, "both flags raised")
+    conn = pg8000.dbapi.connect(**pg8000_options(pg_dsn, 5.0))
+    try:
+        assert guarded.guard(conn) == guarded.token  # the row stays locked until rollback
+        held_until = time.monotonic() + 3 * INTERVAL
+        while time.monotonic() < held_until:
+            assert other.raised(), "the unguarded flag lowered while the other was guarded"
+            time.sleep(0.01)
+        # The guarded flag could not be renewed meanwhile: its lease ran out, and no one
+        # else could take its row while the guard held it.
+        assert not guarded.raised()
+    finally:
+        conn.rollback()
+        conn.close()
+    wait_or_fail(lambda: guarded.raised(), 3.0, "the guarded flag raised again")
+    assert other.raised()
