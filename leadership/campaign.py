@@ -12,9 +12,7 @@ are injected, so each decision can be tested step by step with fakes.
 
 from __future__ import annotations
 
-import contextlib
 import logging  # imported already: the builder imports it before the first flag
-import os
 import select
 import threading
 from collections.abc import Callable
@@ -24,6 +22,7 @@ from .clock import jittered, now_ns
 from .store import HoldLost, Mine, Observation, OutcomeUnknown, Store, describe_error
 from .tenure import Tenure
 from .timing import SAFETY_MARGIN, Timing
+from .wake import WakePipe
 
 if TYPE_CHECKING:
     from .metrics import FlagMetrics  # imported by the builder, only when metrics are on
@@ -392,11 +391,7 @@ class Campaign(Contender):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(self._wake_write, False)
-        self._pipe_open = True
-        self._pipe_lock = threading.Lock()  # no write to a closed (maybe reused) descriptor
+        self._pipe = WakePipe()
         self._thread = threading.Thread(
             target=self._run, name=f"leadership {self._name}", daemon=True
         )
@@ -421,29 +416,18 @@ class Campaign(Contender):
         if self._thread.ident is not None:
             self._thread.join(wait)
         if not self._thread.is_alive():
-            self._close_pipe()
+            self._pipe.close()
 
     def forget_after_fork(self) -> None:
         """In a forked child: stopped, holding nothing, with fresh locks (a parent thread
         may have held the old ones at the fork) and without the parent's wake pipe."""
         self._lock = threading.Lock()
-        self._pipe_lock = threading.Lock()
         self._tenure = Tenure()
         self._stopping = True
-        self._close_pipe()
+        self._pipe.forget_after_fork()
 
     def _wake(self) -> None:
-        with self._pipe_lock:
-            if self._pipe_open:
-                with contextlib.suppress(BlockingIOError):  # a full pipe wakes it anyway
-                    os.write(self._wake_write, b"!")
-
-    def _close_pipe(self) -> None:
-        with self._pipe_lock:
-            if self._pipe_open:
-                self._pipe_open = False
-                os.close(self._wake_read)
-                os.close(self._wake_write)
+        self._pipe.wake()
 
     def _run(self) -> None:
         try:
@@ -459,10 +443,10 @@ class Campaign(Contender):
     def _wait(self, seconds: float) -> None:
         """Let the store wait; if even that fails, sleep on the wake pipe alone."""
         try:
-            self._store.wait(seconds, self._wake_read)
+            self._store.wait(seconds, self._pipe.read)
         except Exception as error:
             self._logger.error("flag %r: wait failed: %s", self._name, describe_error(error))
-            select.select([self._wake_read], [], [], seconds)
+            select.select([self._pipe.read], [], [], seconds)
 
     def finish(self) -> None:
         """Lower, release the row if held, and close the store (the loop's last act)."""

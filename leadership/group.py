@@ -28,6 +28,7 @@ from .campaign import FIRST_RETRY, WAKE_AFTER_EXPIRY, Contender, LeaseControl
 from .errors import ConfigurationError, LeadershipError, StoreUnavailable
 from .share import Share, fair_share
 from .store import Attempt, Mine, Store, Tick, describe_error
+from .wake import WakePipe
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (see leadership/__init__)
 if TYPE_CHECKING:
@@ -131,11 +132,7 @@ class FlagGroup:
         self._renew_at = 0.0
         self._next_early = 0.0
         self._owner_pid = os.getpid()
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(self._wake_write, False)
-        self._pipe_lock = threading.Lock()
-        self._pipe_open = True
+        self._pipe = WakePipe()
         self._thread = threading.Thread(
             target=self._run, name=f"leadership group {self.process}", daemon=True
         )
@@ -269,7 +266,7 @@ class FlagGroup:
         for flag in flags:
             flag.close()  # the thread let go of them: this only finishes the flag itself
         if not self._thread.is_alive():
-            self._close_pipe()
+            self._pipe.close()
         _live.discard(self)
 
     def __enter__(self) -> FlagGroup:
@@ -303,17 +300,7 @@ class FlagGroup:
         return self._thread is threading.current_thread()
 
     def _wake(self) -> None:
-        with self._pipe_lock:
-            if self._pipe_open:
-                with contextlib.suppress(BlockingIOError):  # a full pipe wakes it anyway
-                    os.write(self._wake_write, b"!")
-
-    def _close_pipe(self) -> None:
-        with self._pipe_lock:
-            if self._pipe_open:
-                self._pipe_open = False
-                os.close(self._wake_read)
-                os.close(self._wake_write)
+        self._pipe.wake()
 
     def _store_call(self, call: Callable[[], None]) -> None:
         """Run ``call`` on the store from the group's thread (the store is not
@@ -604,12 +591,12 @@ class FlagGroup:
         seconds = max(min(due) - now, 0.0)
         if seconds > 0:
             try:
-                self._store.wait(seconds, self._wake_read)
+                self._store.wait(seconds, self._pipe.read)
             except Exception as error:
                 self._logger.error(
                     "group of %r: wait failed: %s", self.process, describe_error(error)
                 )
-                select.select([self._wake_read], [], [], seconds)
+                select.select([self._pipe.read], [], [], seconds)
         now = time.monotonic()
         if now < min(due) and now >= self._next_early:  # woken early: something changed
             self._next_early = now + EARLY_TICK_SPACING
@@ -622,8 +609,7 @@ class FlagGroup:
         """In a forked child: closed, without the parent's thread, pipe or connection."""
         self._closed = True
         self._lock = threading.RLock()
-        self._pipe_lock = threading.Lock()
-        self._pipe_open = False
+        self._pipe.forget_after_fork()
 
 
 _live: weakref.WeakSet[FlagGroup] = weakref.WeakSet()

@@ -743,7 +743,7 @@ def test_a_forked_child_sees_the_group_closed_and_leaves_the_connection_alone(
     wait_or_fail(lambda: all_raised(flags), 3.0, "the parent's flags raised")
     tokens = [flag.token for flag in flags]
     # Fork while this thread holds the group's locks: the child must not inherit them held.
-    with group._lock, group._pipe_lock:
+    with group._lock, group._pipe._lock:
         pid = os.fork()
     if pid == 0:  # the child: report through the exit status only
         status = 0
