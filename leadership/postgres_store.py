@@ -191,16 +191,18 @@ WITH wanted AS (
 ), renewed AS (
     UPDATE {table} AS f
     SET holder = %(process)s, version = f.version + 1, timestamp = pg_catalog.now(){renewed_lease}
-    FROM wanted AS w, previous AS p, (SELECT count(*) FROM previous) AS read_first
+    FROM wanted AS w, previous AS p
     WHERE f.name = w.name AND p.name = w.name AND w.write  -- only the rows locked above
+      AND (SELECT count(*) FROM previous) >= 0  -- every row locked first (evaluated once)
       AND ((f.holder = %(process)s AND {ours})
            OR f.timestamp < pg_catalog.now() - pg_catalog.make_interval(secs => {current_lease}))
     RETURNING f.name, f.version, EXTRACT(EPOCH FROM f.timestamp)::float8 AS stamp
 ), created AS (
     INSERT INTO {table} AS f (name, holder, version, timestamp{lease_columns})
     SELECT w.name, %(process)s, {created}, pg_catalog.now(){created_lease}
-    FROM wanted AS w, (SELECT count(*) FROM previous) AS read_first
+    FROM wanted AS w
     WHERE w.write AND NOT EXISTS (SELECT 1 FROM present AS p WHERE p.name = w.name)
+      AND (SELECT count(*) FROM previous) >= 0
     ORDER BY w.name
     ON CONFLICT (name) DO NOTHING
     RETURNING f.name, f.version, EXTRACT(EPOCH FROM f.timestamp)::float8 AS stamp
@@ -214,11 +216,11 @@ SELECT w.name, x.version, x.stamp, p.holder, p.version, EXTRACT(EPOCH FROM p.tim
        EXTRACT(EPOCH FROM p.timestamp + pg_catalog.make_interval(secs => p.lease)
                           - pg_catalog.now())::float8,
        p.owner,
-       w.write AND x.name IS NULL AND p.name IS NULL
-           AND EXISTS (SELECT 1 FROM present AS r WHERE r.name = w.name) AS busy
+       w.write AND x.name IS NULL AND p.name IS NULL AND r.name IS NOT NULL AS busy
 FROM wanted AS w
 LEFT JOIN (SELECT * FROM renewed UNION ALL SELECT * FROM created) AS x ON x.name = w.name
-LEFT JOIN seen AS p ON p.name = w.name{member_row}
+LEFT JOIN seen AS p ON p.name = w.name
+LEFT JOIN present AS r ON r.name = w.name{member_row}
 """
 """Acquire, renew or read many flags in one statement (see Store.acquire_or_renew_many):
 the rows to write are locked first, then renewed or taken (UPDATE) or created (INSERT);
