@@ -884,11 +884,13 @@ class PostgresStore(ConnectedStore):
     # --- flags ---------------------------------------------------------------------------
 
     def watch(self, name: str, interval: float) -> None:
-        """Listen for ``name``'s releases from the next statement or wait on (watching
-        many flags at once costs one round trip on pg8000, see :meth:`_listen`)."""
+        """LISTEN for ``name``'s releases now when connected (else with the connection,
+        many per round trip, see :meth:`_listen`); a LISTEN that failed is sent again
+        before the next statement or wait."""
         if name not in self._channels:
             self._channels[name] = channel = channel_for(name)
             self._unlistened.append(channel)
+            self._listen_now()
 
     def _listen_now(self) -> None:
         """LISTEN on the channels watched since the last statement, before the next one
