@@ -23,8 +23,9 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 
-from .builder import Settings, check_callables, start_flag
+from .builder import Settings, _text, check_callables, start_flag
 from .campaign import FIRST_RETRY, WAKE_AFTER_EXPIRY, Contender, LeaseControl
+from .clock import jittered, now_ns
 from .errors import ConfigurationError, LeadershipError, StoreUnavailable
 from .share import Share, fair_share
 from .store import Attempt, Mine, Store, Tick, describe_error
@@ -155,8 +156,6 @@ class FlagGroup:
         the flag releases it alone; the group goes on with the others. A name already in
         the group is refused (ConfigurationError).
         """
-        from .builder import _text
-
         name = _text("name", name)
         check_callables(precheck=precheck, on_raised=on_raised, on_lowered=on_lowered)
         with self._lock:
@@ -188,8 +187,6 @@ class FlagGroup:
         SchemaError when the members table is missing and cannot be created or this role
         may not use it, StoreUnavailable when the database fails.
         """
-        from .builder import _text
-
         if isinstance(names, str):
             names = [names]
         try:
@@ -356,8 +353,6 @@ class FlagGroup:
                 self._store.close()
 
     def _jittered(self, seconds: float) -> float:
-        from .clock import jittered
-
         return jittered(seconds, self._timing.jitter)
 
     def _take_in(self) -> None:
@@ -455,8 +450,6 @@ class FlagGroup:
 
     def _tick(self, batch: list[tuple[GroupedCampaign, bool]], renewal: bool) -> None:
         """Send the tick's one statement and hand each flag its outcome."""
-        from .clock import now_ns
-
         started = now_ns()
         attempts = [
             Attempt(campaign.name, campaign.begin() if write else None, write)
